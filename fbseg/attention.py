@@ -1,0 +1,48 @@
+"""Host attention matrices: the only place their math is written.
+
+Shapes: B crops, h heads, L tokens (CLS + N patches), d head width, M proxy tokens.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def self_attention(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax_row(d^-1/2 · x xᵀ + bias) for x (B, h, L, d) → (B, h, L, L)."""
+    logits = (x @ x.transpose(-1, -2)) * x.shape[-1] ** -0.5
+    if bias is not None:
+        logits = logits + bias
+    return torch.softmax(logits, dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _gaussian_cpu(rows: int, cols: int, sigma: float) -> torch.Tensor:
+    r = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)
+    c = torch.arange(cols, dtype=torch.float64).repeat(rows)
+    dist2 = (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
+    g = torch.exp(-dist2 / (2 * sigma**2))
+    return F.pad(g, (1, 0, 1, 0)).float()  # zero row/col for CLS
+
+
+def neighbourhood_bias(grid: tuple[int, int], sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """NACLIP's Gaussian over the (rows, cols) patch grid, padded with 0 for CLS: (L, L)."""
+    return _gaussian_cpu(grid[0], grid[1], float(sigma)).to(like.device, like.dtype)
+
+
+def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """ProxyCLIP's attention from proxy features (B, C_f, M) → (B, 1, M, M), shared by heads.
+
+    Cosine similarity S of L2-normalised features, one mean μ per crop, γ(S − βμ), entries
+    below 0 masked, row softmax. The diagonal is always kept so no row is all −inf.
+    """
+    f = F.normalize(feats.float(), dim=1)
+    S = f.transpose(1, 2) @ f  # (B, M, M)
+    mu = S.mean(dim=(1, 2), keepdim=True)
+    logits = gamma * (S - beta * mu)
+    drop = logits < 0
+    drop.diagonal(dim1=1, dim2=2).fill_(False)
+    logits = logits.masked_fill(drop, float("-inf"))
+    return torch.softmax(logits, dim=-1).to(feats.dtype).unsqueeze(1)

@@ -1,0 +1,21 @@
+"""What can be run: backbones, hosts, proxies, and whether their weights are cached."""
+from __future__ import annotations
+
+from .backbones import BACKBONES, is_cached as clip_cached
+from .hosts import HOSTS
+from .proxies import PROXIES, is_cached as proxy_cached
+
+
+def list_backbones() -> list[dict]:
+    return [{"name": n, "pretrained": s.pretrained, "lam": s.lam, "notes": s.notes,
+             "cached": clip_cached(n, s.pretrained)} for n, s in BACKBONES]
+
+
+def list_hosts() -> list[dict]:
+    return [{"name": n, "description": h.description, "uses_proxy": h.uses_proxy,
+             "residual": h.keeps_residual} for n, h in HOSTS]
+
+
+def list_proxies() -> list[dict]:
+    return [{"name": n, "timm_name": s.timm_name, "lam": s.lam, "cached": proxy_cached(s)}
+            for n, s in PROXIES]

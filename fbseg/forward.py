@@ -1,0 +1,89 @@
+"""One batch of crops through CLIP, the host and FSA: per-patch cosine logits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import fsa
+from .clip_encoder import project, run_to_last_block
+from .hosts import Host
+from .proxies import ProxySpec, proxy_features
+
+
+@dataclass
+class Capture:
+    """Arrays kept for inspection when asked (never on ordinary runs).
+
+    attn (B, 1 or h, N, N) host attention or None (identity); feedback (B, N, N) A_fb;
+    P (B, N, C); keep (B, N, N) nucleus mask; grid (rows, cols); baseline logits (B, C, rows, cols).
+    """
+
+    attn: torch.Tensor | None = None
+    feedback: torch.Tensor | None = None
+    P: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    grid: tuple[int, int] = (0, 0)
+    baseline: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CropModel:
+    """The networks one segmentation needs: CLIP's image tower, a host, maybe a proxy."""
+
+    visual: nn.Module
+    host: Host
+    proxy: nn.Module | None = None
+    proxy_spec: ProxySpec | None = None
+
+
+def _cosine_logits(visual: nn.Module, tokens: torch.Tensor, text: torch.Tensor,
+                   grid: tuple[int, int]) -> torch.Tensor:
+    feats = F.normalize(project(visual, tokens), dim=-1)
+    logits = feats @ text.T  # (B, N, C)
+    return logits.transpose(1, 2).reshape(tokens.shape[0], text.shape[0], *grid)
+
+
+@torch.inference_mode()
+def crop_logits(
+    model: CropModel,
+    crops: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    feedback: bool,
+    lam: float,
+    window: int,
+    capture: Capture | None = None,
+) -> torch.Tensor:
+    """Cosine logits (B, C, rows, cols) on the host grid for crops (B, 3, H, W).
+
+    crops are CLIP-normalised and padded; text (C, E) is L2-normalised, one row per name.
+    With ``feedback`` the host's attention A is replaced by FSA's A' (fsa.md steps 1–8).
+    """
+    x, grid, block = run_to_last_block(model.visual, crops)
+    proxy_feats = None
+    if model.host.uses_proxy:
+        if model.proxy is None or model.proxy_spec is None:
+            raise ValueError("the proxyclip host needs a proxy model")
+        proxy_feats = proxy_features(model.proxy, model.proxy_spec, crops.to(
+            next(model.proxy.parameters()).dtype), window).to(x.dtype)
+    last = model.host.last_block(block, x, grid, proxy_feats)
+    Av = last.mixed_by_host()
+    host_tokens = last.host_output(Av)
+    if not feedback:
+        return _cosine_logits(model.visual, host_tokens, text, last.grid)
+
+    s_host = fsa.class_scores(project(model.visual, host_tokens), text, fsa.HOST_SCALE)
+    s_uni = fsa.class_scores(project(model.visual, last.uniform_output()), text, fsa.UNIFORM_SCALE)
+    P = fsa.feedback_distribution(s_host, s_uni)
+    A_fb = fsa.feedback_attention(P, lam)
+    tokens = last.finish(fsa.ensemble_apply(last.attn, A_fb, last.v, Av))
+    if capture is not None:
+        capture.attn, capture.feedback, capture.P = last.attn, A_fb, P
+        capture.keep = fsa.nucleus_keep(fsa.kl_affinity(P))
+        capture.grid = last.grid
+        capture.baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
+    return _cosine_logits(model.visual, tokens, text, last.grid)

@@ -1,0 +1,82 @@
+"""Feedback self-adaptive attention (FSA): pure tensor functions, no model, no I/O.
+
+Shapes: B crops, N patches on the host grid, C class names, h heads, d head width.
+Every function works for any floating dtype; fp32 is the reference precision.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+HOST_SCALE = 20.0
+UNIFORM_SCALE = 35.0
+NUCLEUS_P = 0.45
+LOG_EPS = 1e-10
+
+
+def class_scores(feats: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · cos(feats, text)``: feats (B, N, E), text (C, E) L2-normalised → (B, N, C)."""
+    return scale * F.normalize(feats, dim=-1) @ text.T
+
+
+def feedback_distribution(s_host: torch.Tensor, s_uni: torch.Tensor) -> torch.Tensor:
+    """P = softmax over names of (s_host − s_uni); s_uni may broadcast (B, 1, C) → (B, N, C)."""
+    return torch.softmax(s_host - s_uni, dim=-1)
+
+
+def kl_affinity(P: torch.Tensor) -> torch.Tensor:
+    """S_ij = 1 / (1 + max(KL(P_i ‖ P_j), 0)) for P (B, N, C) → (B, N, N).
+
+    Product form: KL_ij = Σ_c P_ic log P_ic − Σ_c P_ic log P_jc, one matrix product and
+    O(N²) memory instead of the reference's N×N×C tensor; same numbers to float rounding.
+    """
+    log_p = torch.log(P + LOG_EPS)
+    entropy_term = (P * log_p).sum(dim=-1, keepdim=True)  # (B, N, 1)
+    kl = entropy_term - P @ log_p.transpose(-1, -2)
+    return 1.0 / (1.0 + kl.clamp_min(0.0))
+
+
+def nucleus_keep(S: torch.Tensor, p: float = NUCLEUS_P) -> torch.Tensor:
+    """Boolean (…, N, N): per row, the entries whose cumulative softmax mass over the
+    descending-sorted row is ≤ p, the row's top entry always kept."""
+    sorted_s, order = torch.sort(S, dim=-1, descending=True)
+    keep_sorted = torch.softmax(sorted_s, dim=-1).cumsum(dim=-1) <= p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
+def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P) -> torch.Tensor:
+    """A_fb (B, N, N) from the class distribution P (B, N, C): KL affinity, nucleus
+    pruning, sharpening S·exp(λS) and a row softmax. Rows sum to 1."""
+    S = kl_affinity(P)
+    keep = nucleus_keep(S, p)
+    weights = (S * torch.exp(lam * S)).masked_fill(~keep, float("-inf"))
+    return torch.softmax(weights, dim=-1)
+
+
+def ensemble_apply(
+    A: torch.Tensor | None,
+    A_fb: torch.Tensor,
+    v: torch.Tensor,
+    Av: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A'·v with A' = (A_fb·A + A·A_fb + A_fb) / 3, without forming A' (exact).
+
+    A: (B, 1 or h, N, N) host attention, None for the identity (then A' = A_fb);
+    A_fb: (B, N, N); v: (B, h, N, d); Av: A·v if already computed. Returns (B, h, N, d).
+    """
+    fb = A_fb.unsqueeze(1)
+    fb_v = fb @ v
+    if A is None:
+        return fb_v
+    if Av is None:
+        Av = A @ v
+    return (fb @ Av + A @ fb_v + fb_v) / 3.0
+
+
+def ensemble_matrix(A: torch.Tensor | None, A_fb: torch.Tensor) -> torch.Tensor:
+    """A' itself (B, 1 or h, N, N) — for inspection only; inference uses ``ensemble_apply``."""
+    fb = A_fb.unsqueeze(1)
+    if A is None:
+        return fb
+    return (fb @ A + A @ fb + fb) / 3.0

@@ -1,0 +1,24 @@
+"""The host registry: every last-block attention fbseg can run, FSA on or off."""
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Host, LastBlock
+from .clip_hosts import NACLIP, SCLIP, ClearCLIP, MaskCLIP
+from .proxyclip import ProxyCLIP
+
+HOSTS: Registry[Host] = Registry("host")
+for _host in (MaskCLIP(), SCLIP(), ClearCLIP(), NACLIP(), ProxyCLIP()):
+    HOSTS.register(_host.name, _host)
+
+DEFAULT_HOST = "proxyclip"
+
+
+def get_host(name: str) -> Host:
+    return HOSTS.get(name)
+
+
+def list_hosts() -> list[str]:
+    return HOSTS.names()
+
+
+__all__ = ["HOSTS", "DEFAULT_HOST", "Host", "LastBlock", "get_host", "list_hosts"]

@@ -1,0 +1,112 @@
+"""The reference inference protocol around the network: resize, sliding window, stitching,
+and logits → per-class probabilities → labels."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LONG_SIDE_CAP = 2048
+
+
+def protocol_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
+    """mmseg's keep-ratio resize to scale (2048, S): factor min(2048/long, S/short)."""
+    if not short_side:
+        return h, w
+    factor = min(LONG_SIDE_CAP / max(h, w), short_side / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) float 0–255 → bilinear to ``size``, rounded as an 8-bit resize would be."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    return out.round().clamp(0, 255)
+
+
+def window_boxes(h: int, w: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of each window, row by row; the last one snapped to the border."""
+    rows = max(h - window + stride - 1, 0) // stride + 1
+    cols = max(w - window + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + window, h), min(c * stride + window, w)
+            boxes.append((max(y2 - window, 0), y2, max(x2 - window, 0), x2))
+    return boxes
+
+
+def centred_pad(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding to a multiple; the odd pixel goes right/bottom."""
+    lr = (-w) % multiple
+    tb = (-h) % multiple
+    return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
+
+
+def slide(
+    image: torch.Tensor,
+    crop_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    window: int,
+    stride: int,
+    pad_multiple: int,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Sliding-window logits (C, H, W) for a normalised image (3, H, W).
+
+    Each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps crops (B, 3, h, w) to
+    grid logits (B, C, rows, cols), which are upsampled bilinearly to the padded crop, cut,
+    summed over windows and divided by the per-pixel window count. Windows of one image all
+    have the same size, so they run as batches.
+    """
+    _, h, w = image.shape
+    boxes = window_boxes(h, w, window, stride)
+    ch, cw = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    pad = centred_pad(ch, cw, pad_multiple)
+    total = count = None
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start:start + batch_size]
+        crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+        if any(pad):
+            crops = F.pad(crops, pad)
+        logits = crop_fn(crops).float()
+        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
+        if total is None:
+            total = logits.new_zeros((logits.shape[1], h, w))
+            count = logits.new_zeros((1, h, w))
+        for (y1, y2, x1, x2), crop in zip(chunk, logits):
+            total[:, y1:y2, x1:x2] += crop
+            count[:, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def class_probabilities(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    logit_scale: float,
+    name_to_class: Sequence[int],
+) -> torch.Tensor:
+    """Name logits (C, h, w) → resized to ``out_size`` → ×scale → softmax over names → max
+    over each class's names: (K, H, W)."""
+    if tuple(logits.shape[-2:]) != tuple(out_size):
+        logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+    probs = torch.softmax(logits * logit_scale, dim=0)
+    K = max(name_to_class) + 1
+    if K == probs.shape[0]:
+        return probs
+    out = probs.new_empty((K, *probs.shape[1:]))
+    for k in range(K):
+        members = [i for i, c in enumerate(name_to_class) if c == k]
+        out[k] = probs[members].amax(dim=0)
+    return out
+
+
+def labels_from_probs(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """argmax over classes; pixels whose top probability is below ``threshold`` → class 0."""
+    top, labels = probs.max(dim=0)
+    if threshold > 0:
+        labels = torch.where(top < threshold, torch.zeros_like(labels), labels)
+    return labels

@@ -1,0 +1,101 @@
+"""Reading images (any mode, EXIF orientation, size limit) and writing files atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InputError, OutputError
+
+MAX_PIXELS = 100_000_000  # a clear limit instead of a decompression bomb
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB; 16-bit greys scaled down, transparency dropped (onto black)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(source: ImageLike) -> np.ndarray:
+    """An image as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Accepts a path, a PIL image or an array ((H, W) grey or (H, W, 3|4) uint8).
+    Raises InputError with a one-line reason for anything unreadable.
+    """
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+            raise InputError(f"array must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
+        return np.ascontiguousarray(arr[..., :3])
+    if isinstance(source, Image.Image):
+        return np.asarray(_to_rgb(ImageOps.exif_transpose(source)))
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image")
+    Image.MAX_IMAGE_PIXELS = None  # checked below with our own message
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise InputError(
+                    f"{path}: image too large ({img.width}×{img.height}; limit {MAX_PIXELS:,} pixels)")
+            img.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
+    except InputError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{path}: not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise InputError(f"{path}: unreadable image ({reason})") from None
+    return np.asarray(rgb)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place.
+
+    A crash never leaves a partial file under the final name; without ``overwrite`` an
+    existing file is never replaced.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path.parent}: cannot write ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the target exists, so nothing is overwritten
+            os.unlink(tmp)
+    except FileExistsError:
+        os.unlink(tmp)
+        raise OutputError(f"{path}: exists (use --overwrite)") from None
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None

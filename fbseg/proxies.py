@@ -1,0 +1,127 @@
+"""Proxy vision models for the ProxyCLIP host (timm), and their features exactly as the
+reference takes them (hosts.md §5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import CLIP_MEAN, CLIP_STD
+from .pos_embed import resize_pos_table
+from .registry import Registry
+from .weights import fetch_pretrained, hf_cached, load_into, read_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """A proxy: its timm name, what input it sees and how its position table is resized.
+
+    input:   "crop" (the padded crop), "window" (resized to window×window, MAE),
+             "sam" (resized to 1024×1024, SAM's own grid).
+    pos:     "plus01" (bicubic, scale factor (n+0.1)/n0, no antialias: DINO v1),
+             "size_aa" (bicubic to size, antialias: DINOv2 with registers),
+             "size" (bicubic to size, no antialias: MAE), "native" (SAM).
+    lam:     FSA's λ with this proxy (None: the backbone's default).
+    """
+
+    name: str
+    timm_name: str
+    input: str
+    pos: str
+    lam: float | None = None
+    family: str = ""
+
+
+PROXIES: Registry[ProxySpec] = Registry("proxy")
+for _spec in (
+    ProxySpec("dino", "vit_base_patch8_224.dino", "crop", "plus01", family="dino"),
+    ProxySpec("dino-b16", "vit_base_patch16_224.dino", "crop", "plus01", family="dino"),
+    ProxySpec("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", "crop", "size_aa", family="dinov2"),
+    ProxySpec("dinov2-l", "vit_large_patch14_reg4_dinov2.lvd142m", "crop", "size_aa", family="dinov2"),
+    ProxySpec("sam", "samvit_base_patch16.sa1b", "sam", "native", family="sam"),
+    ProxySpec("sam-l", "samvit_large_patch16.sa1b", "sam", "native", family="sam"),
+    ProxySpec("sam-h", "samvit_huge_patch16.sa1b", "sam", "native", family="sam"),
+    ProxySpec("mae", "vit_base_patch16_224.mae", "window", "size", lam=4.5, family="mae"),
+    ProxySpec("mae-l", "vit_large_patch16_224.mae", "window", "size", lam=4.5, family="mae"),
+    ProxySpec("mae-h", "vit_huge_patch14_224.mae", "window", "size", lam=4.5, family="mae"),
+):
+    PROXIES.register(_spec.name, _spec)
+
+DEFAULT_PROXY = "dino"
+SAM_INPUT = 1024
+
+
+def load_proxy(spec: ProxySpec, checkpoint: str | Path | None = None) -> torch.nn.Module:
+    """``timm.create_model(spec.timm_name)`` with local or pretrained weights, eval, fp32."""
+    import timm
+
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint, "--proxy-checkpoint")
+        model = timm.create_model(spec.timm_name, pretrained=False)
+        load_into(model, state, spec.timm_name, "--proxy-checkpoint", checkpoint)
+    else:
+        model = fetch_pretrained(
+            spec.timm_name, "--proxy-checkpoint",
+            lambda: timm.create_model(spec.timm_name, pretrained=True),
+        )
+    return model.eval()
+
+
+def is_cached(spec: ProxySpec) -> bool:
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    return hf_cached(getattr(cfg, "hf_hub_id", None))
+
+
+def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: str) -> torch.Tensor:
+    """Last-layer, final-norm patch tokens of a timm ViT, prefix tokens dropped: (B, C, H, W)."""
+    pe = model.patch_embed
+    tokens = pe.proj(x)  # (B, C, rows, cols)
+    grid = tuple(tokens.shape[-2:])
+    tokens = pe.norm(tokens.flatten(2).transpose(1, 2))
+    prefix = model.num_prefix_tokens
+    pos = model.pos_embed
+    has_prefix_pos = not getattr(model, "no_embed_class", False) and prefix > 0
+    patch_pos = resize_pos_table(pos[:, prefix:] if has_prefix_pos else pos, grid, pos_mode)
+    tokens = tokens + patch_pos.to(tokens.dtype)
+    extra = []
+    if model.cls_token is not None:
+        extra.append(model.cls_token.expand(x.shape[0], -1, -1))
+    if getattr(model, "reg_token", None) is not None:
+        extra.append(model.reg_token.expand(x.shape[0], -1, -1))
+    if extra:
+        prefix_tokens = torch.cat(extra, dim=1)
+        if has_prefix_pos:
+            prefix_tokens = prefix_tokens + pos[:, :prefix].to(tokens.dtype)
+        tokens = torch.cat([prefix_tokens.to(tokens.dtype), tokens], dim=1)
+    tokens = model.norm_pre(tokens)
+    tokens = model.blocks(tokens)
+    tokens = model.norm(tokens)[:, prefix:]
+    return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+
+def proxy_input(crops: torch.Tensor) -> torch.Tensor:
+    """Crops in CLIP-normalised space (B, 3, H, W) → ImageNet-normalised."""
+    clip_mean = crops.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    clip_std = crops.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = crops.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = crops.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (crops * clip_std + clip_mean - mean) / std
+
+
+def proxy_features(model: torch.nn.Module, spec: ProxySpec, crops: torch.Tensor,
+                   window: int) -> torch.Tensor:
+    """Proxy features (B, C_f, Hf, Wf) for padded crops (B, 3, H, W) in CLIP-normalised space."""
+    x = proxy_input(crops)
+    if spec.input == "sam":
+        x = F.interpolate(x, size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)
+        return model.forward_features(x)
+    if spec.input == "window":
+        x = F.interpolate(x, size=(window, window), mode="bilinear", align_corners=False)
+    return _vit_features(model, x, spec.pos)

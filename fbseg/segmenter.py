@@ -1,0 +1,227 @@
+"""The public entry point: load once, segment many images with any class list."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import CLIP_MEAN, CLIP_STD, DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip
+from .classes import ClassList, parse_classes
+from .clip_encoder import patch_size
+from .errors import ConfigError
+from .forward import Capture, CropModel, crop_logits
+from .hosts import DEFAULT_HOST, get_host
+from .inference import class_probabilities, labels_from_probs, protocol_size, resize_image, slide
+from .io import ImageLike, read_image
+from .proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
+from .result import SegmentationResult
+from .text import TextCache
+from .weights import cache_dir
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but CUDA is not available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device mps requested but MPS is not available")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    return PRECISIONS[precision]
+
+
+def _as_classes(classes: ClassList | str | Sequence[str]) -> ClassList:
+    return classes if isinstance(classes, ClassList) else parse_classes(classes)
+
+
+def _weights_id(model: str, pretrained: str | None, checkpoint: str | Path | None) -> str:
+    if checkpoint is not None:
+        st = Path(checkpoint).stat()
+        return f"{model}|file:{Path(checkpoint).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{model}|{pretrained}"
+
+
+class Segmenter:
+    """CLIP + a host attention (+ FSA): ``segment(image, classes)`` → ``SegmentationResult``.
+
+    Example:
+        >>> seg = Segmenter.from_pretrained("ViT-B-16", checkpoint="clip.pt", host="naclip")
+        >>> result = seg.segment("photo.jpg", ["cat", "sofa; couch"])
+        >>> result.labels.shape  # (H, W) of the input image
+    """
+
+    def __init__(self, clip: torch.nn.Module, *, model_name: str, host: str = DEFAULT_HOST,
+                 proxy: torch.nn.Module | None = None, proxy_spec: ProxySpec | None = None,
+                 feedback: bool = True, lam: float | None = None, device: str = "auto",
+                 precision: str = "auto", weights_id: str | None = None,
+                 text_cache_dir: Path | None = None, batch_size: int = 8) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.model_name = model_name
+        self.host = get_host(host)
+        if self.host.uses_proxy and (proxy is None or proxy_spec is None):
+            raise ConfigError(f"host {host!r} needs a proxy model")
+        self.clip = clip.eval().to(self.device)
+        self.visual = self.clip.visual.to(self.dtype)
+        self.proxy_spec = proxy_spec if self.host.uses_proxy else None
+        self.proxy = proxy.eval().to(self.device, self.dtype) if self.proxy_spec else None
+        self.feedback = feedback
+        if proxy_spec is not None and proxy_spec.lam is not None and self.host.uses_proxy:
+            default = proxy_spec.lam
+        else:
+            default = default_lam(model_name)
+        self.lam = float(lam) if lam is not None else default
+        self.batch_size = batch_size
+        self.patch = patch_size(self.visual)
+        self.crop_model = CropModel(self.visual, self.host, self.proxy, self.proxy_spec)
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.text_cache = TextCache(text_cache_dir, weights_id)
+        self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+        self._std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_BACKBONE,
+        *,
+        pretrained: str | None = None,
+        checkpoint: str | Path | None = None,
+        host: str = DEFAULT_HOST,
+        proxy: str = DEFAULT_PROXY,
+        proxy_checkpoint: str | Path | None = None,
+        feedback: bool = True,
+        lam: float | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        text_cache: bool = True,
+    ) -> "Segmenter":
+        """Load CLIP (``open_clip.create_model(model)``) with a pretrained tag or a local
+        file, and the proxy for the proxyclip host (timm) likewise. With no arguments: the
+        reference configuration, ViT-B-16/openai + DINO ViT-B/8 ProxyCLIP + FSA."""
+        host_obj = get_host(host)
+        spec = PROXIES.get(proxy) if host_obj.uses_proxy else None
+        resolve_device(device)
+        if checkpoint is None and pretrained is None:
+            pretrained = default_pretrained(model)
+        clip = load_clip(model, pretrained, checkpoint)
+        proxy_model = load_proxy(spec, proxy_checkpoint) if spec is not None else None
+        return cls(clip, model_name=model, host=host, proxy=proxy_model, proxy_spec=spec,
+                   feedback=feedback, lam=lam, device=device, precision=precision,
+                   weights_id=_weights_id(model, pretrained, checkpoint),
+                   text_cache_dir=cache_dir() if text_cache else None)
+
+    def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
+        """(C, E) L2-normalised embeddings, one row per class *name* (fp32)."""
+        names = _as_classes(classes).flat_names
+        return self.text_cache.embeddings(self.clip, self.tokenizer, names, self.device)
+
+    def _prepare(self, rgb: np.ndarray, short_side: int | None) -> torch.Tensor:
+        """(H, W, 3) uint8 → protocol-resized, CLIP-normalised (3, h, w) on the device."""
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+        img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
+        return ((img - self._mean) / self._std).to(self.device, self.dtype)
+
+    def _check(self, window: int, stride: int, logit_scale: float, short_side: int | None) -> None:
+        if window < self.patch or stride < 1:
+            raise ConfigError(f"window must be ≥ the patch size ({self.patch}) and stride ≥ 1")
+        if stride > window:
+            raise ConfigError("stride larger than the window leaves pixels uncovered")
+        if logit_scale <= 0:
+            raise ConfigError("logit scale must be positive")
+        if short_side is not None and short_side < self.patch:
+            raise ConfigError(f"short side must be ≥ the patch size ({self.patch})")
+
+    def logits(self, image: ImageLike, classes: ClassList | str | Sequence[str], *,
+               short_side: int | None = 336, window: int = 336, stride: int = 112,
+               lam: float | None = None, feedback: bool | None = None,
+               capture: Capture | None = None) -> tuple[torch.Tensor, np.ndarray, dict]:
+        """Stitched cosine logits (C_names, h, w) at the protocol size, the RGB input, timings."""
+        self._check(window, stride, 1.0, short_side)
+        t0 = time.perf_counter()
+        rgb = read_image(image)
+        cl = _as_classes(classes)
+        text = self.encode_text(cl).to(self.dtype)
+        t1 = time.perf_counter()
+        img = self._prepare(rgb, short_side)
+        fb = self.feedback if feedback is None else feedback
+        lam_value = self.lam if lam is None else float(lam)
+
+        def crop_fn(crops: torch.Tensor) -> torch.Tensor:
+            return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
+                               window=window, capture=capture)
+
+        stitched = slide(img, crop_fn, window=window, stride=stride,
+                         pad_multiple=self.host.pad_multiple or self.patch,
+                         batch_size=self.batch_size)
+        t2 = time.perf_counter()
+        return stitched, rgb, {"text_s": t1 - t0, "model_s": t2 - t1}
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        image: ImageLike,
+        classes: ClassList | str | Sequence[str],
+        *,
+        short_side: int | None = 336,
+        window: int = 336,
+        stride: int = 112,
+        logit_scale: float = 40.0,
+        prob_threshold: float = 0.0,
+        lam: float | None = None,
+        feedback: bool | None = None,
+    ) -> SegmentationResult:
+        """Segment one image (path, PIL image or (H, W, 3) uint8 RGB array).
+
+        classes: "a,b; c" or a list (one class per item, ";" between names).
+        prob_threshold sends pixels whose top probability is lower to the first class.
+        Returns labels (H, W) and probs (K, H, W) at the input image's size.
+        """
+        self._check(window, stride, logit_scale, short_side)
+        cl = _as_classes(classes)
+        t0 = time.perf_counter()
+        stitched, rgb, timings = self.logits(image, cl, short_side=short_side, window=window,
+                                             stride=stride, lam=lam, feedback=feedback)
+        probs = class_probabilities(stitched, rgb.shape[:2], logit_scale, cl.name_to_class)
+        labels = labels_from_probs(probs, prob_threshold)
+        timings["total_s"] = time.perf_counter() - t0
+        fb = self.feedback if feedback is None else feedback
+        meta = {
+            "fbseg_version": __version__,
+            "model": self.model_name,
+            "host": self.host.name,
+            "proxy": self.proxy_spec.name if self.proxy_spec else None,
+            "feedback": fb,
+            "settings": {
+                "short_side": short_side, "window": window, "stride": stride,
+                "logit_scale": logit_scale, "prob_threshold": prob_threshold,
+                "lam": (self.lam if lam is None else float(lam)) if fb else None,
+                "device": str(self.device), "precision": str(self.dtype).replace("torch.", ""),
+            },
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+        return SegmentationResult(
+            labels=labels.cpu().numpy().astype(np.int64),
+            probs=probs.float().cpu().numpy(),
+            classes=cl.labels, names=cl.names, meta=meta,
+        )

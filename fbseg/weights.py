@@ -1,0 +1,125 @@
+"""Getting weights: pretrained tags through open_clip/timm's normal caches, local files,
+and a fast, clear failure when neither can be had (offline, no cache)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import WeightsUnavailableError
+
+T = TypeVar("T")
+HUB_HOST = ("huggingface.co", 443)
+
+
+def cache_dir() -> Path:
+    """fbseg's own cache (text embeddings): $FBSEG_CACHE or ~/.cache/fbseg."""
+    return Path(os.environ.get("FBSEG_CACHE") or Path.home() / ".cache" / "fbseg")
+
+
+def _env_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers a TCP connect within ``timeout`` seconds."""
+    if _env_offline():
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub answer from its cache only (it checks this flag per call)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def fetch_pretrained(what: str, flag: str, build: Callable[[], T]) -> T:
+    """Run ``build`` (which downloads through the hub cache) or fail fast with exit code 3.
+
+    When the hub is unreachable the build runs cache-only, so a cached model still loads and
+    a missing one fails at once instead of after the libraries' minute of retries.
+    """
+    online = hub_reachable()
+    try:
+        if online:
+            return build()
+        with _hub_offline():
+            return build()
+    except WeightsUnavailableError:
+        raise
+    except Exception as exc:  # network, cache and hub errors all mean "no weights"
+        where = "download failed" if online else "offline and not in the cache"
+        raise WeightsUnavailableError(
+            f"weights for {what} unavailable ({where}: {exc.__class__.__name__})",
+            hint=f"pass {flag} FILE with local weights, or run once with network access",
+        ) from None
+
+
+def hf_cached(repo_id: str | None) -> bool:
+    """Whether a hub repository has files in the local huggingface cache."""
+    if not repo_id:
+        return False
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.strip("/").replace("/", "--"))
+    return (folder / "snapshots").is_dir() and any((folder / "snapshots").iterdir())
+
+
+def read_state_dict(path: str | Path, flag: str) -> dict:
+    """A state dict from a local file: plain ``torch.save(state_dict)``, or a training
+    checkpoint holding one under "state_dict"/"model" (a "module." prefix is dropped)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{flag} {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"{flag} {path}: not a readable weights file ({exc.__class__.__name__})"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise WeightsUnavailableError(f"{flag} {path}: holds no state dict")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_into(model, state: dict, what: str, flag: str, path: str | Path) -> None:
+    """Load strictly; a mismatch is a wrong-architecture checkpoint (exit code 3)."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise WeightsUnavailableError(
+            f"{flag} {path} does not match {what}: {detail[:160]}",
+            hint="check the architecture name; OpenAI-format ViT-B/16 files need ViT-B-16-quickgelu",
+        ) from None
