@@ -138,7 +138,7 @@ class Segmenter:
 
     def _prepare(self, rgb: np.ndarray, short_side: int | None) -> torch.Tensor:
         """(H, W, 3) uint8 → protocol-resized, CLIP-normalised (3, h, w) on the device."""
-        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+        img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
         img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
         return ((img - self._mean) / self._std).to(self.device, self.dtype)
 

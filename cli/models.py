@@ -1,0 +1,37 @@
+"""`fbseg models`: what can run, as rich tables over the library's catalog."""
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from ._console import err, stdout_line
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout.")) -> None:
+    from fbseg import catalog
+
+    data = {"backbones": catalog.list_backbones(), "hosts": catalog.list_hosts(),
+            "proxies": catalog.list_proxies()}
+    if as_json:
+        stdout_line(json.dumps(data, indent=2))
+        return
+    t = Table(title="CLIP backbones (any open_clip ViT name also works)")
+    for col in ("model", "default weights", "λ", "cached", "notes"):
+        t.add_column(col)
+    for b in data["backbones"]:
+        t.add_row(b["name"], b["pretrained"], str(b["lam"]), "yes" if b["cached"] else "no", b["notes"])
+    err.print(t)
+    t = Table(title="Hosts (--host)")
+    for col in ("host", "attention", "proxy"):
+        t.add_column(col)
+    for h in data["hosts"]:
+        t.add_row(h["name"], h["description"], "yes" if h["uses_proxy"] else "")
+    err.print(t)
+    t = Table(title="Proxies (--proxy, for --host proxyclip)")
+    for col in ("proxy", "timm model", "λ", "cached"):
+        t.add_column(col)
+    for p in data["proxies"]:
+        t.add_row(p["name"], p["timm_name"], str(p["lam"] or "backbone's"), "yes" if p["cached"] else "no")
+    err.print(t)

@@ -1,0 +1,166 @@
+"""`fbseg segment`: parse options, build the Segmenter, run the batch, report."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._console import err, fail, stdout_line
+
+HELP = """Segment images with free-text classes.
+
+Writes PHOTO.mask.png (indexed PNG, pixel = class index), PHOTO.json (per-class summary) and,
+with --overlay, PHOTO.overlay.png into the output folder. Classes: "," between classes, ";"
+between the names of one class, e.g. "cat,sofa; couch,floor". PATH may be files, folders,
+globs or - (stdin). Weights are downloaded at first use; --checkpoint takes a local file
+(a state dict of open_clip.create_model(MODEL); OpenAI-format ViT-B/16 weights need
+--model ViT-B-16-quickgelu)."""
+
+M, O, P, W = "Model", "Output", "Performance", "Protocol"
+
+
+def segment(
+    paths: Annotated[list[str], typer.Argument(help="Images, folders, globs, or - for stdin.",
+                                               show_default=False)],
+    classes: Annotated[Optional[str], typer.Option("--classes", "-c", help='Classes, e.g. "cat,sofa; couch".')] = None,
+    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (names split on ';').")] = None,
+    background: Annotated[Optional[str], typer.Option("--background", help="';'-separated names of a 'background' class prepended as label 0.")] = None,
+    background_threshold: Annotated[Optional[float], typer.Option("--background-threshold", help="Pixels whose top probability is below this become background.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture (ViT-B-16, ViT-L-14, ViT-H-14, ViT-B-16-quickgelu, ...).", rich_help_panel=M)] = "ViT-B-16",
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag (default: openai, openai, laion2b_s32b_b79k).", rich_help_panel=M)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Local CLIP weights file.", rich_help_panel=M)] = None,
+    host: Annotated[str, typer.Option("--host", help="maskclip | sclip | clearclip | naclip | proxyclip.", rich_help_panel=M)] = "proxyclip",
+    proxy: Annotated[str, typer.Option("--proxy", help="Proxy for --host proxyclip: dino | dinov2 | sam | mae (and -l/-h variants).", rich_help_panel=M)] = "dino",
+    proxy_checkpoint: Annotated[Optional[Path], typer.Option("--proxy-checkpoint", help="Local proxy weights (state dict of the timm model).", rich_help_panel=M)] = None,
+    feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="FSA on or off.", rich_help_panel=M)] = True,
+    lam: Annotated[Optional[float], typer.Option("--lam", help="FSA's λ (default by backbone/proxy).", rich_help_panel=M)] = None,
+    short_side: Annotated[int, typer.Option("--short-side", help="Resize so the short side is this (long side ≤ 2048).", rich_help_panel=W)] = 336,
+    window: Annotated[int, typer.Option("--window", help="Sliding window size.", rich_help_panel=W)] = 336,
+    stride: Annotated[int, typer.Option("--stride", help="Sliding window stride.", rich_help_panel=W)] = 112,
+    logit_scale: Annotated[float, typer.Option("--logit-scale", help="Logit scale before the softmax.", rich_help_panel=W)] = 40.0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=O)] = Path("fbseg-out"),
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write PHOTO.overlay.png with a legend.", rich_help_panel=O)] = False,
+    opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Overlay opacity.", rich_help_panel=O)] = 0.5,
+    save_probs: Annotated[bool, typer.Option("--save-probs", help="Also write per-class probabilities (float16 .npz).", rich_help_panel=O)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite existing outputs (default: skip).", rich_help_panel=O)] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.", rich_help_panel=O)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each image's summary as one JSON line on stdout.", rich_help_panel=O)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.", rich_help_panel=O)] = False,
+    device: Annotated[str, typer.Option("--device", "-d", help="auto | cpu | cuda | mps.", rich_help_panel=P)] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.", rich_help_panel=P)] = "auto",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=P)] = False,
+) -> None:
+    options = dict(locals())
+    from fbseg.errors import FbsegError
+
+    try:
+        _run(**options)
+    except FbsegError as exc:
+        if debug:
+            raise
+        fail(exc.one_line(), exc.exit_code)
+
+
+def _class_list(classes, classes_file, background, background_threshold):
+    from fbseg.classes import parse_classes, read_class_file, with_background
+    from fbseg.errors import ConfigError
+
+    if (classes is None) == (classes_file is None):
+        raise ConfigError("give exactly one of --classes and --classes-file")
+    cl = read_class_file(classes_file) if classes_file else parse_classes(classes)
+    if background is not None:
+        cl = with_background(cl, background)
+    if background_threshold is not None and background is None:
+        raise ConfigError("--background-threshold needs --background NAMES")
+    return cl
+
+
+def _run(*, paths, classes, classes_file, background, background_threshold, model, pretrained,
+         checkpoint, host, proxy, proxy_checkpoint, feedback, lam, short_side, window, stride,
+         logit_scale, output, overlay, opacity, save_probs, overwrite, recursive, as_json, quiet,
+         device, precision, debug) -> None:
+    from fbseg import batch
+    from fbseg.errors import ConfigError
+
+    cl = _class_list(classes, classes_file, background, background_threshold)
+    scan = batch.collect_inputs(paths, recursive=recursive)
+    batch.check_inputs(scan)
+    if sum(i.path is None for i in scan.items) and sys.stdin.isatty():
+        raise ConfigError("- reads an image from stdin, but stdin is a terminal")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} exists and is not a folder")
+
+    from fbseg.segmenter import Segmenter
+
+    show = not quiet
+    if show:
+        err.print(f"loading {model} + {host}{' (' + proxy + ')' if host == 'proxyclip' else ''}"
+                  f"{' + FSA' if feedback else ''} ...")
+    seg = Segmenter.from_pretrained(model, pretrained=pretrained, checkpoint=checkpoint, host=host,
+                                    proxy=proxy, proxy_checkpoint=proxy_checkpoint,
+                                    feedback=feedback, lam=lam, device=device, precision=precision)
+    settings = dict(short_side=short_side, window=window, stride=stride, logit_scale=logit_scale,
+                    prob_threshold=background_threshold or 0.0)
+    seg.encode_text(cl)  # validates settings-independent work once, before the loop
+    opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs)
+    outcomes = [batch.ItemOutcome(batch.InputItem(Path(m), Path(m), m), "failed", f"{m}: no such file")
+                for m in scan.missing]
+    items = scan.items
+    progress = _progress(show and len(items) > 1)
+    with progress:
+        task = progress.add_task("segmenting", total=len(items))
+        for outcome in batch.run_items(items, lambda rgb: seg.segment(rgb, cl, **settings), opts,
+                                       stdin_reader=sys.stdin.buffer.read):
+            outcomes.append(outcome)
+            progress.update(task, advance=1, description=outcome.item.display[-40:])
+            if outcome.status == "failed" and show:
+                progress.console.print(f"[red]failed:[/red] {outcome.reason}", soft_wrap=True)
+            elif outcome.status == "skipped" and show:
+                progress.console.print(f"skipped {outcome.item.display}: outputs exist (--overwrite to redo)")
+            if as_json and outcome.result is not None:
+                line = outcome.result.to_json()
+                line["input"], line["outputs"] = outcome.item.display, outcome.outputs
+                stdout_line(json.dumps(line))
+    if len(scan.items) + len(scan.missing) > 1:
+        batch.write_run_summary(outcomes, output)
+    if show:
+        _report(outcomes, scan.skipped_non_images)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(4)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.speed:.2f} img/s" if True else ""), TimeRemainingColumn(),
+                    console=err, disable=not (enabled and err.is_terminal), transient=True,
+                    redirect_stdout=False, redirect_stderr=False)
+
+
+def _report(outcomes, skipped_non_images: int) -> None:
+    from rich.table import Table
+
+    done = [o for o in outcomes if o.status == "done"]
+    if len(outcomes) == 1 and done:
+        r = done[0].result
+        t = Table(title=f"{done[0].item.display}  ({r.image_size[1]}×{r.image_size[0]}, "
+                        f"{r.meta['timings']['total_s']:.2f} s)")
+        for col in ("#", "class", "pixels %", "mean conf", "max conf"):
+            t.add_column(col, justify="right" if col != "class" else "left")
+        for s in r.summary():
+            t.add_row(str(s.index), s.label, f"{100 * s.pixel_fraction:.1f}",
+                      f"{s.mean_confidence:.3f}", f"{s.max_confidence:.3f}")
+        err.print(t)
+        err.print("wrote " + ", ".join(done[0].outputs.values()))
+        return
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    extra = f", {skipped_non_images} non-images ignored" if skipped_non_images else ""
+    err.print(f"processed {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}{extra}")
+    for o in outcomes:
+        if o.status == "failed":
+            err.print(f"  [red]✗[/red] {o.reason}", soft_wrap=True)
