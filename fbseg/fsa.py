@@ -45,13 +45,16 @@ def nucleus_keep(S: torch.Tensor, p: float = NUCLEUS_P) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
 
 
-def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P) -> torch.Tensor:
-    """A_fb (B, N, N) from the class distribution P (B, N, C): KL affinity, nucleus
-    pruning, sharpening S·exp(λS) and a row softmax. Rows sum to 1."""
-    S = kl_affinity(P)
+def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -> torch.Tensor:
+    """Nucleus pruning, sharpening S·exp(λS) on kept entries, row softmax: (B, N, N)."""
     keep = nucleus_keep(S, p)
     weights = (S * torch.exp(lam * S)).masked_fill(~keep, float("-inf"))
     return torch.softmax(weights, dim=-1)
+
+
+def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P) -> torch.Tensor:
+    """A_fb (B, N, N) from the class distribution P (B, N, C). Rows sum to 1."""
+    return attention_from_affinity(kl_affinity(P), lam, p)
 
 
 def ensemble_apply(
