@@ -1,0 +1,156 @@
+"""Segmenter.segment end to end against the reference's forward_slide written naively."""
+import numpy as np
+import pytest
+import torch
+
+import naive
+from conftest import TINY, random_image, random_text
+from fbseg.backbones import CLIP_MEAN, CLIP_STD
+from fbseg.inference import protocol_size, window_boxes
+from fbseg.segmenter import Segmenter
+
+
+def _normalised(rgb, size):
+    img = torch.from_numpy(rgb).permute(2, 0, 1).float()
+    if tuple(img.shape[1:]) != size:
+        img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear",
+                                              align_corners=False)[0].round().clamp(0, 255)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
+    return (img - mean) / std
+
+
+def _with_text(seg, classes, dim, seed=5):
+    """Give every name a fixed random embedding (the text path is tested on its own)."""
+    names = [n.strip() for c in classes for n in c.split(";")]
+    for name, emb in zip(names, random_text(len(names), dim, seed)):
+        seg.text_cache.memory[name] = emb.numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny_seg(tiny_clip):
+    return Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("host", ["maskclip", "sclip", "clearclip", "naclip"])
+@pytest.mark.parametrize("hw", [(70, 130), (150, 90)])
+def test_segment_matches_naive_slide(tiny_clip, host, hw):
+    seg = Segmenter(tiny_clip, model_name=TINY, host=host, device="cpu", precision="fp32")
+    classes = ["cat", "sofa; couch", "floor"]
+    _with_text(seg, classes, 32)
+    rgb = random_image(*hw)
+    kw = dict(short_side=64, window=64, stride=32, logit_scale=40.0)
+    res = seg.segment(rgb, classes, feedback=False, **kw)
+    size = protocol_size(*hw, 64)
+    img = _normalised(rgb, size)
+    text = torch.from_numpy(np.stack([seg.text_cache.memory[n] for n in ["cat", "sofa", "couch", "floor"]]))
+    with torch.no_grad():
+        expected = naive.slide_probs(
+            lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, False, 3.0),
+            img, 64, 32, 16, hw, 40.0, [0, 1, 1, 2])
+    assert res.labels.shape == hw and res.probs.shape == (3, *hw)
+    np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
+    res_fb = seg.segment(rgb, classes, feedback=True, **kw)
+    with torch.no_grad():
+        expected_fb = naive.slide_probs(
+            lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, True, 3.0),
+            img, 64, 32, 16, hw, 40.0, [0, 1, 1, 2])
+    # FSA on (fsa.md "Testing it"): labels agree on ≥ 99.9% of pixels, probabilities close.
+    agree = (res_fb.labels == expected_fb.argmax(0).numpy()).mean()
+    assert agree >= 0.999
+    assert np.abs(res_fb.probs - expected_fb.numpy()).max() < 1e-3
+
+
+def test_one_window_covering_the_image_equals_the_plain_forward(tiny_seg, tiny_clip):
+    from fbseg.forward import CropModel, crop_logits
+    from fbseg.hosts import get_host
+
+    classes = ["a", "b"]
+    _with_text(tiny_seg, classes, 32)
+    rgb = random_image(64, 96)
+    res = tiny_seg.segment(rgb, classes, short_side=None, window=96, stride=96)
+    img = _normalised(rgb, (64, 96))[None]
+    text = torch.from_numpy(np.stack([tiny_seg.text_cache.memory[n] for n in classes]))
+    grid = crop_logits(CropModel(tiny_clip.visual, get_host("naclip")), img, text,
+                       feedback=True, lam=3.0, window=96)
+    up = torch.nn.functional.interpolate(grid, size=(64, 96), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(res.probs, torch.softmax(up[0] * 40, 0).numpy(), rtol=0, atol=1e-6)
+
+
+def test_windows_follow_the_reference_positions():
+    assert window_boxes(336, 505, 336, 112) == [(0, 336, 0, 336), (0, 336, 112, 448), (0, 336, 169, 505)]
+    assert window_boxes(200, 300, 336, 112) == [(0, 200, 0, 300)]  # smaller than the window
+    boxes = window_boxes(600, 400, 336, 112)
+    assert boxes[-1] == (264, 600, 64, 400) and len(boxes) == 4 * 2
+
+
+def test_protocol_size_is_mmseg_keep_ratio():
+    assert protocol_size(300, 451, 336) == (336, 505)
+    assert protocol_size(100, 4000, 336) == (51, 2048)  # long side capped at 2048
+
+
+def test_threshold_sends_low_confidence_to_the_first_class(tiny_seg):
+    classes = ["background", "x", "y"]
+    _with_text(tiny_seg, classes, 32)
+    rgb = random_image(64, 64)
+    free = tiny_seg.segment(rgb, classes, short_side=64, window=64, stride=32)
+    top = free.probs.max(axis=0)
+    thr = float(np.median(top))
+    strict = tiny_seg.segment(rgb, classes, short_side=64, window=64, stride=32, prob_threshold=thr)
+    np.testing.assert_array_equal(free.probs, strict.probs)
+    assert (strict.labels[top < thr] == 0).all()
+    np.testing.assert_array_equal(strict.labels[top >= thr], free.labels[top >= thr])
+    assert (free.labels[top < thr] != 0).any()
+
+
+def test_image_inputs_path_pil_array_agree(tiny_seg, tmp_path):
+    from PIL import Image
+
+    _with_text(tiny_seg, ["a", "b"], 32)
+    rgb = random_image(60, 90)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    a = tiny_seg.segment(rgb, "a,b", short_side=64, window=64, stride=32)
+    b = tiny_seg.segment(tmp_path / "x.png", "a,b", short_side=64, window=64, stride=32)
+    c = tiny_seg.segment(Image.fromarray(rgb), "a,b", short_side=64, window=64, stride=32)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    np.testing.assert_array_equal(a.probs, c.probs)
+
+
+def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
+    import open_clip
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu",
+                    weights_id="tiny-test", text_cache_dir=tmp_path)
+    emb = seg.encode_text(["cat; kitten", "sofa"])
+    tok = open_clip.get_tokenizer(TINY)
+    with torch.no_grad():
+        for row, name in zip(emb, ["cat", "kitten", "sofa"]):
+            per = [tiny_clip.encode_text(tok([t(name)]))[0] for t in OPENAI_IMAGENET_TEMPLATES]
+            mean = torch.stack([p / p.norm() for p in per]).mean(0)
+            torch.testing.assert_close(row, mean / mean.norm(), rtol=0, atol=1e-5)
+    # a second Segmenter finds every name in the disk cache
+    again = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu",
+                      weights_id="tiny-test", text_cache_dir=tmp_path)
+    torch.testing.assert_close(again.encode_text(["cat; kitten", "sofa"]), emb)
+    assert again.text_cache.hits == 3 and again.text_cache.misses == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["ViT-L-14", "ViT-H-14"])
+def test_large_backbones_build_load_and_match(tmp_path, model):
+    """The real ViT-L/14 and ViT-H/14 architectures: saved, loaded back, one host checked."""
+    from conftest import save_random_clip
+    from fbseg.backbones import load_clip
+    from fbseg.forward import CropModel, crop_logits
+    from fbseg.hosts import get_host
+
+    visual = load_clip(model, None, save_random_clip(model, tmp_path / "w.pt")).visual
+    crop = torch.randn(1, 3, 112, 140, generator=torch.Generator().manual_seed(0))
+    text = random_text(3, visual.proj.shape[1])
+    ours = crop_logits(CropModel(visual, get_host("clearclip")), crop, text, feedback=False,
+                       lam=3.0, window=140)[0]
+    with torch.no_grad():
+        expected = naive.crop_logits("clearclip", visual, crop[0], text, False, 3.0)
+    assert ours.shape == (3, 8, 10)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
