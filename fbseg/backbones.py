@@ -1,14 +1,12 @@
 """CLIP backbones: the registry of known ones and the loader (any open_clip ViT name works)."""
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry
-from .weights import fetch_pretrained, hf_cached, load_into, read_state_dict
+from .weights import fetch_pretrained, hf_cached, load_into, quiet_root_logger, read_state_dict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,18 +56,6 @@ def check_model_name(model: str) -> None:
         raise ConfigError(f"model {model!r} is not a ViT; fbseg needs a CLIP ViT")
 
 
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs a warning for an architecture built without weights; ours come next."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def load_clip(model: str, pretrained: str | None, checkpoint: str | Path | None):
     """``open_clip.create_model(model)`` with weights from a local file or a pretrained tag.
 
@@ -81,7 +67,7 @@ def load_clip(model: str, pretrained: str | None, checkpoint: str | Path | None)
     check_model_name(model)
     if checkpoint is not None:
         state = read_state_dict(checkpoint, "--checkpoint")
-        with _quiet_open_clip():
+        with quiet_root_logger():
             clip = open_clip.create_model(model, pretrained=None)
         state = convert_state_dict(clip, state)
         load_into(clip, state, model, "--checkpoint", checkpoint)

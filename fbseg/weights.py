@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -51,6 +52,19 @@ def _hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """open_clip logs to the root logger (a warning for a model built without weights, an
+    error per failed download); fbseg reports those itself, once."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def fetch_pretrained(what: str, flag: str, build: Callable[[], T]) -> T:
     """Run ``build`` (which downloads through the hub cache) or fail fast with exit code 3.
 
@@ -59,10 +73,11 @@ def fetch_pretrained(what: str, flag: str, build: Callable[[], T]) -> T:
     """
     online = hub_reachable()
     try:
-        if online:
-            return build()
-        with _hub_offline():
-            return build()
+        with quiet_root_logger():
+            if online:
+                return build()
+            with _hub_offline():
+                return build()
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # network, cache and hub errors all mean "no weights"
