@@ -5,7 +5,6 @@ PIP := $(VENV)/bin/pip
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -e ".[dev]"
 

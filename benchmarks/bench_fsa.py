@@ -1,0 +1,113 @@
+"""FSA step alone: the reference form vs fbseg, time and peak memory per cell.
+
+Each cell runs in its own subprocess (peak RSS of that process; CUDA: max_memory_allocated).
+Random inputs; the numbers measure cost, not quality.
+
+    python benchmarks/bench_fsa.py [--device cpu] [--cap-gb 16] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SIZES = [441, 576, 1764, 4096]
+CLASSES = [21, 171, 847]
+HEADS, HEAD_DIM = 12, 64
+
+
+def reference_form(P, A, v, lam):
+    """As the reference code does it: N×N×C KL, per-head dense ensemble products."""
+    logp = torch.log(P + 1e-10)
+    kl = torch.sum(P.unsqueeze(2) * (logp.unsqueeze(2) - logp.unsqueeze(1)), dim=3).clamp(min=0)
+    sim = 1 / (kl + 1.0)
+    s, idx = torch.sort(sim, descending=True, dim=-1)
+    mask = torch.cumsum(F.softmax(s, dim=-1), dim=-1) <= 0.45
+    mask[..., 0] = True
+    s = s.masked_fill(~mask, float("-inf"))
+    pruned = torch.empty_like(s).scatter_(-1, idx, s)
+    inf = pruned == float("-inf")
+    w = pruned * torch.exp(lam * pruned)
+    w[inf] = float("-inf")
+    A_fb = F.softmax(w.unsqueeze(1).repeat(1, HEADS, 1, 1).flatten(0, 1), dim=-1)
+    A_h = A.repeat(1, HEADS, 1, 1).flatten(0, 1)
+    ens = (torch.bmm(A_fb, A_h) + torch.bmm(A_h, A_fb) + A_fb) / 3.0
+    return torch.bmm(ens, v.flatten(0, 1))
+
+
+def fbseg_form(P, A, v, lam):
+    from fbseg import fsa
+
+    return fsa.ensemble_apply(A, fsa.feedback_attention(P, lam), v)
+
+
+def run_cell(form: str, N: int, C: int, device: str) -> dict:
+    torch.manual_seed(0)
+    P = torch.softmax(3 * torch.randn(1, N, C), -1).to(device)
+    A = torch.softmax(torch.randn(1, 1, N, N), -1).to(device)
+    v = torch.randn(1, HEADS, N, HEAD_DIM).to(device)
+    fn = reference_form if form == "reference" else fbseg_form
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(3 if N <= 1764 else 1):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn(P, A, v, 3.0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return {"form": form, "N": N, "C": C, "seconds": min(times), "peak_mb": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cap-gb", type=float, default=16.0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--cell", nargs=3, metavar=("FORM", "N", "C"))
+    args = ap.parse_args()
+    if args.cell:
+        print(json.dumps(run_cell(args.cell[0], int(args.cell[1]), int(args.cell[2]), args.device)))
+        return
+    rows = []
+    print("FSA step, random inputs (timing only), device", args.device, f"h={HEADS}")
+    print(f"{'N':>5} {'C':>4} | {'reference s':>11} {'MB':>8} | {'fbseg s':>8} {'MB':>7} | {'speed-up':>8} {'mem ratio':>9}")
+    for N in SIZES:
+        for C in CLASSES:
+            cells = {}
+            for form in ("reference", "fbseg"):
+                need_gb = (3 * N * N * C + 6 * HEADS * N * N) * 4 / 2**30 if form == "reference" else 0
+                if need_gb > args.cap_gb:
+                    cells[form] = {"form": form, "N": N, "C": C, "skipped": f"needs ~{need_gb:.0f} GB"}
+                    continue
+                out = subprocess.run([sys.executable, __file__, "--device", args.device, "--cell",
+                                      form, str(N), str(C)], capture_output=True, text=True)
+                cells[form] = json.loads(out.stdout) if out.returncode == 0 else {
+                    "form": form, "N": N, "C": C, "skipped": out.stderr.strip().splitlines()[-1][:60]}
+            r, f = cells["reference"], cells["fbseg"]
+            if "skipped" in r:
+                print(f"{N:>5} {C:>4} | {'skipped: ' + r['skipped']:>20} | {f['seconds']:>8.3f} {f['peak_mb']:>7.0f} |")
+            else:
+                print(f"{N:>5} {C:>4} | {r['seconds']:>11.3f} {r['peak_mb']:>8.0f} | {f['seconds']:>8.3f} "
+                      f"{f['peak_mb']:>7.0f} | {r['seconds'] / f['seconds']:>7.1f}x "
+                      f"{r['peak_mb'] / max(f['peak_mb'], 1):>8.1f}x")
+            rows += [r, f]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
