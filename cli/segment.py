@@ -110,10 +110,19 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                 for m in scan.missing]
     items = scan.items
     progress = _progress(show and len(items) > 1)
+    interrupted = False
     with progress:
         task = progress.add_task("segmenting", total=len(items))
-        for outcome in batch.run_items(items, lambda rgb: seg.segment(rgb, cl, **settings), opts,
-                                       stdin_reader=sys.stdin.buffer.read):
+        stream = batch.run_items(items, lambda rgb: seg.segment(rgb, cl, **settings), opts,
+                                 stdin_reader=sys.stdin.buffer.read)
+        while True:
+            try:
+                outcome = next(stream)
+            except StopIteration:
+                break
+            except KeyboardInterrupt:  # outputs are atomic: nothing partial is left behind
+                interrupted = True
+                break
             outcomes.append(outcome)
             progress.update(task, advance=1, description=outcome.item.display[-40:])
             if outcome.status == "failed" and show:
@@ -126,6 +135,9 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                 stdout_line(json.dumps(line))
     if len(scan.items) + len(scan.missing) > 1:
         batch.write_run_summary(outcomes, output)
+    if interrupted:
+        done = sum(o.status == "done" for o in outcomes)
+        fail(f"interrupted: {done} of {len(items)} images done; rerun to resume", 130)
     if show:
         _report(outcomes, scan.skipped_non_images)
     if any(o.status == "failed" for o in outcomes):

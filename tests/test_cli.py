@@ -185,3 +185,33 @@ def test_models_lists_everything():
     assert {h["name"] for h in data["hosts"]} == {"maskclip", "sclip", "clearclip", "naclip", "proxyclip"}
     assert {"dino", "dinov2", "sam", "mae"} <= {p["name"] for p in data["proxies"]}
     assert [b["name"] for b in data["backbones"]] == ["ViT-B-16", "ViT-H-14", "ViT-L-14"]
+
+
+def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkeypatch):
+    from fbseg.segmenter import Segmenter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(random_image(40, 40, seed=i)).save(src / f"im{i}.png")
+    real = Segmenter.segment
+    calls = {"n": 0}
+
+    def stop_on_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Segmenter, "segment", stop_on_third)
+    args = ["segment", str(src), "-c", "a,b", "-o", str(tmp_path / "out"), *fast]
+    r = run(args)
+    assert r.exit_code == 130 and "2 of 5 images done" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json") == \
+        ["im0.json", "im1.json"]
+    assert not list((tmp_path / "out").glob(".*tmp"))
+    monkeypatch.setattr(Segmenter, "segment", real)
+    r = run(args)
+    assert r.exit_code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (3, 2, 0)
