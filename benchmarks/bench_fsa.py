@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cap-gb", type=float, default=16.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    ap.add_argument("--classes", type=int, nargs="+", default=CLASSES)
     ap.add_argument("--cell", nargs=3, metavar=("FORM", "N", "C"))
     args = ap.parse_args()
     if args.cell:
@@ -84,8 +86,8 @@ def main() -> None:
     rows = []
     print("FSA step, random inputs (timing only), device", args.device, f"h={HEADS}")
     print(f"{'N':>5} {'C':>4} | {'reference s':>11} {'MB':>8} | {'fbseg s':>8} {'MB':>7} | {'speed-up':>8} {'mem ratio':>9}")
-    for N in SIZES:
-        for C in CLASSES:
+    for N in args.sizes:
+        for C in args.classes:
             cells = {}
             for form in ("reference", "fbseg"):
                 need_gb = (3 * N * N * C + 6 * HEADS * N * N) * 4 / 2**30 if form == "reference" else 0
