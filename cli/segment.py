@@ -170,6 +170,8 @@ def _report(outcomes, skipped_non_images: int) -> None:
         err.print(t)
         err.print("wrote " + ", ".join(done[0].outputs.values()))
         return
+    if len(outcomes) == 1:
+        return  # its one line was printed as it happened
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     extra = f", {skipped_non_images} non-images ignored" if skipped_non_images else ""
     err.print(f"processed {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}{extra}")
