@@ -147,9 +147,17 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
 def _progress(enabled: bool):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
+    from rich.text import Text
+
+    class ImagesPerSecond(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task):
+            return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s")
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.speed:.2f} img/s" if True else ""), TimeRemainingColumn(),
+                    ImagesPerSecond(), TimeRemainingColumn(),
                     console=err, disable=not (enabled and err.is_terminal), transient=True,
                     redirect_stdout=False, redirect_stderr=False)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FbsegError, InputError, NoInputError, OutputError
+from .errors import InputError, NoInputError, OutputError
 from .io import atomic_write_bytes, read_image
 from .result import SegmentationResult
 from .viz import indexed_png, overlay, palette, png_bytes
@@ -220,5 +220,5 @@ def check_inputs(scan: InputScan) -> None:
 
 __all__ = [
     "InputItem", "InputScan", "OutputOptions", "ItemOutcome", "collect_inputs", "output_paths",
-    "run_items", "run_summary", "write_run_summary", "check_inputs", "FbsegError",
+    "run_items", "run_summary", "write_run_summary", "check_inputs",
 ]

@@ -1,9 +1,6 @@
 """The four hosts that attend on CLIP's own patch grid (hosts.md §1–4)."""
 from __future__ import annotations
 
-
-
-
 from ..attention import neighbourhood_bias, self_attention
 from .base import Host, LastBlock, cls_attention_split, split_heads
 
