@@ -45,12 +45,15 @@ def segment(
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write PHOTO.overlay.png with a legend.", rich_help_panel=O)] = False,
     opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Overlay opacity.", rich_help_panel=O)] = 0.5,
     save_probs: Annotated[bool, typer.Option("--save-probs", help="Also write per-class probabilities (float16 .npz).", rich_help_panel=O)] = False,
+    masks: Annotated[str, typer.Option("--masks", help="indexed (one PNG, pixel = class) | per-class (also one binary PNG per class).", rich_help_panel=O)] = "indexed",
+    compare: Annotated[bool, typer.Option("--compare", help="Also write the host-only mask and a diff image; the JSON gains the per-class change.", rich_help_panel=O)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite existing outputs (default: skip).", rich_help_panel=O)] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.", rich_help_panel=O)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each image's summary as one JSON line on stdout.", rich_help_panel=O)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.", rich_help_panel=O)] = False,
     device: Annotated[str, typer.Option("--device", "-d", help="auto | cpu | cuda | mps.", rich_help_panel=P)] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.", rich_help_panel=P)] = "auto",
+    batch_images: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).", rich_help_panel=P)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=P)] = False,
 ) -> None:
     options = dict(locals())
@@ -80,12 +83,14 @@ def _class_list(classes, classes_file, background, background_threshold):
 
 def _run(*, paths, classes, classes_file, background, background_threshold, model, pretrained,
          checkpoint, host, proxy, proxy_checkpoint, feedback, lam, short_side, window, stride,
-         logit_scale, output, overlay, opacity, save_probs, overwrite, recursive, as_json, quiet,
-         device, precision, debug) -> None:
+         logit_scale, output, overlay, opacity, save_probs, masks, compare, overwrite, recursive, as_json, quiet,
+         device, precision, batch_images, debug) -> None:
     from fbseg import batch
-    from fbseg.errors import ConfigError
+    from fbseg.errors import ConfigError, FbsegError
 
     cl = _class_list(classes, classes_file, background, background_threshold)
+    if masks not in batch.MASK_MODES:
+        raise ConfigError(f"unknown --masks {masks!r}; use {' or '.join(batch.MASK_MODES)}")
     scan = batch.collect_inputs(paths, recursive=recursive)
     batch.check_inputs(scan)
     if sum(i.path is None for i in scan.items) and sys.stdin.isatty():
@@ -105,7 +110,8 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     settings = dict(short_side=short_side, window=window, stride=stride, logit_scale=logit_scale,
                     prob_threshold=background_threshold or 0.0)
     seg.encode_text(cl)  # validates settings-independent work once, before the loop
-    opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs)
+    opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs, masks, cl.labels)
+    group = batch_images or (4 if seg.device.type == "cuda" else 1)
     outcomes = [batch.ItemOutcome(batch.InputItem(Path(m), Path(m), m), "failed", f"{m}: no such file")
                 for m in scan.missing]
     items = scan.items
@@ -113,8 +119,9 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     interrupted = False
     with progress:
         task = progress.add_task("segmenting", total=len(items))
-        stream = batch.run_items(items, lambda rgb: seg.segment(rgb, cl, **settings), opts,
-                                 stdin_reader=sys.stdin.buffer.read)
+        stream = batch.run_items(items, lambda images: seg.segment_batch(images, cl, **settings),
+                                 opts, stdin_reader=sys.stdin.buffer.read,
+                                 prepare=lambda rgb: seg.prepare(rgb, short_side), group_size=group)
         while True:
             try:
                 outcome = next(stream)
@@ -134,7 +141,11 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                 line["input"], line["outputs"] = outcome.item.display, outcome.outputs
                 stdout_line(json.dumps(line))
     if len(scan.items) + len(scan.missing) > 1:
-        batch.write_run_summary(outcomes, output)
+        try:
+            batch.write_run_summary(outcomes, output)
+        except FbsegError as exc:
+            outcomes.append(batch.ItemOutcome(batch.InputItem(None, Path(batch.RUN_SUMMARY),
+                                                              batch.RUN_SUMMARY), "failed", exc.one_line()))
     if interrupted:
         done = sum(o.status == "done" for o in outcomes)
         fail(f"interrupted: {done} of {len(items)} images done; rerun to resume", 130)

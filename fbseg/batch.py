@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
-
+import queue
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import numpy as np
 from .errors import InputError, NoInputError, OutputError
 from .io import atomic_write_bytes, read_image
 from .result import SegmentationResult
-from .viz import indexed_png, overlay, palette, png_bytes
+from .viz import binary_png, indexed_png, overlay, palette, png_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 RUN_SUMMARY = "summary.json"
@@ -88,13 +92,27 @@ def collect_inputs(paths: Sequence[str], recursive: bool = False) -> InputScan:
     return scan
 
 
+MASK_MODES = ("indexed", "per-class")
+
+
 @dataclass(frozen=True)
 class OutputOptions:
+    """What to write for each image. ``masks="per-class"`` adds one binary PNG per class
+    (named after ``class_labels``) beside the indexed mask."""
+
     out_dir: Path
     overlay: bool = False
     opacity: float = 0.5
     overwrite: bool = False
     save_probs: bool = False
+    masks: str = "indexed"
+    class_labels: tuple[str, ...] = ()
+
+
+def label_slug(label: str) -> str:
+    """A file-name-safe form of a class label: "sofa; couch" → "sofa-couch"."""
+    slug = re.sub(r"[^0-9a-z]+", "-", label.lower()).strip("-")
+    return slug[:40] or "class"
 
 
 def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
@@ -104,6 +122,10 @@ def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
         paths["overlay"] = base.parent / (base.name + ".overlay.png")
     if opts.save_probs:
         paths["probs"] = base.parent / (base.name + ".probs.npz")
+    if opts.masks == "per-class":
+        folder = base.parent / (base.name + ".masks")
+        for k, label in enumerate(opts.class_labels):
+            paths[f"mask:{k}"] = folder / f"{k:02d}-{label_slug(label)}.png"
     return paths
 
 
@@ -121,12 +143,13 @@ def render_outputs(result: SegmentationResult, rgb: np.ndarray, item: InputItem,
         out["overlay"] = png_bytes(overlay(rgb, result.labels, colours, opts.opacity,
                                            legend=list(result.classes), fractions=fractions))
     if opts.save_probs:
-        import io
-
         buf = io.BytesIO()
         np.savez_compressed(buf, probs=result.probs.astype(np.float16),
                             classes=np.array(result.classes))
         out["probs"] = buf.getvalue()
+    if opts.masks == "per-class":
+        for k in range(len(result.classes)):
+            out[f"mask:{k}"] = binary_png(result.labels == k)
     return out
 
 
@@ -148,8 +171,6 @@ class ItemOutcome:
 
 def read_input(item: InputItem, stdin_reader: Callable[[], bytes] | None = None) -> np.ndarray:
     if item.path is None:
-        import io
-
         data = stdin_reader() if stdin_reader else b""
         if not data:
             raise InputError("<stdin>: no data")
@@ -162,32 +183,128 @@ def read_input(item: InputItem, stdin_reader: Callable[[], bytes] | None = None)
     return read_image(item.path)
 
 
+@dataclass
+class _Loaded:
+    """An item after the reader thread: decoded and prepared, or already decided."""
+
+    item: InputItem
+    paths: dict[str, Path]
+    rgb: np.ndarray | None = None
+    payload: object = None
+    outcome: ItemOutcome | None = None  # skipped / failed before the model
+    write: Future | None = None
+
+
+_END = object()
+
+
+def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[np.ndarray], object],
+            stdin_reader: Callable[[], bytes] | None, out: queue.Queue, stop: threading.Event) -> None:
+    """Decode and prepare items ahead of the model, in order, into the bounded queue."""
+
+    def put(obj: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    for item in items:
+        if stop.is_set():
+            return
+        paths = output_paths(item, opts)
+        entry = _Loaded(item, paths)
+        if not opts.overwrite and all(p.exists() for p in paths.values()):
+            entry.outcome = ItemOutcome(item, "skipped", "outputs exist",
+                                        {k: str(p) for k, p in paths.items()})
+        else:
+            try:
+                entry.rgb = read_input(item, stdin_reader)
+                entry.payload = prepare(entry.rgb)
+            except InputError as exc:
+                entry.outcome = ItemOutcome(item, "failed", exc.one_line())
+            except Exception as exc:  # never let one file stop the run
+                entry.outcome = ItemOutcome(item, "failed", f"{item.display}: cannot read ({exc})")
+        if not put(entry):
+            return
+    put(_END)
+
+
+def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> ItemOutcome:
+    t0 = time.perf_counter()
+    try:
+        write_outputs(render_outputs(result, entry.rgb, entry.item, opts), entry.paths,
+                      opts.overwrite)
+    except OutputError as exc:
+        return ItemOutcome(entry.item, "failed", exc.one_line())
+    seconds = result.meta.get("timings", {}).get("total_s", 0.0) + time.perf_counter() - t0
+    return ItemOutcome(entry.item, "done", "", {k: str(p) for k, p in entry.paths.items()},
+                       result, seconds)
+
+
 def run_items(
     items: Sequence[InputItem],
-    segment: Callable[[np.ndarray], SegmentationResult],
+    segment_batch: Callable[[list], list[SegmentationResult]],
     opts: OutputOptions,
     stdin_reader: Callable[[], bytes] | None = None,
+    *,
+    prepare: Callable[[np.ndarray], object] = lambda rgb: rgb,
+    group_size: int = 1,
+    prefetch: int = 4,
 ) -> Iterator[ItemOutcome]:
-    """Segment and write each item; a bad item is reported and the run goes on.
+    """Segment and write each item, in order; a bad item is reported and the run goes on.
 
-    An item whose outputs all exist is skipped unless ``opts.overwrite``.
+    Three stages overlap: a reader thread decodes and ``prepare``s up to ``prefetch`` items
+    ahead, the caller's thread runs ``segment_batch`` on groups of ``group_size`` prepared
+    images, and a writer thread renders and writes outputs. An item whose outputs all exist
+    is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
+    finished and reported, then KeyboardInterrupt is raised again.
     """
-    for item in items:
-        t0 = time.perf_counter()
-        paths = output_paths(item, opts)
-        if not opts.overwrite and all(p.exists() for p in paths.values()):
-            yield ItemOutcome(item, "skipped", "outputs exist",
-                              {k: str(p) for k, p in paths.items()})
-            continue
-        try:
-            rgb = read_input(item, stdin_reader)
-            result = segment(rgb)
-            write_outputs(render_outputs(result, rgb, item, opts), paths, opts.overwrite)
-        except (InputError, OutputError) as exc:
-            yield ItemOutcome(item, "failed", exc.one_line(), seconds=time.perf_counter() - t0)
-            continue
-        yield ItemOutcome(item, "done", "", {k: str(p) for k, p in paths.items()}, result,
-                          time.perf_counter() - t0)
+    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, daemon=True,
+                              args=(items, opts, prepare, stdin_reader, loaded, stop))
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-write")
+    in_flight: list[_Loaded] = []
+
+    def finished(entry: _Loaded) -> ItemOutcome:
+        return entry.outcome if entry.write is None else entry.write.result()
+
+    reader.start()
+    interrupted = False
+    try:
+        ended = False
+        while not ended:
+            group: list[_Loaded] = []
+            while sum(e.outcome is None for e in group) < group_size:
+                entry = loaded.get()
+                if entry is _END:
+                    ended = True
+                    break
+                group.append(entry)
+            todo = [e for e in group if e.outcome is None]
+            if todo:
+                results = segment_batch([e.payload for e in todo])
+                for entry, result in zip(todo, results):
+                    entry.payload = None  # free the prepared tensor early
+                    entry.write = writer.submit(_write, entry, result, opts)
+            while in_flight:  # the previous group's writes ran while the model worked
+                yield finished(in_flight.pop(0))
+            in_flight = group
+        while in_flight:
+            yield finished(in_flight.pop(0))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        writer.shutdown(wait=True)
+    if interrupted:
+        for entry in in_flight:
+            if entry.write is not None:
+                yield entry.write.result()
+        raise KeyboardInterrupt
 
 
 def run_summary(outcomes: Sequence[ItemOutcome]) -> dict:
@@ -219,6 +336,6 @@ def check_inputs(scan: InputScan) -> None:
 
 
 __all__ = [
-    "InputItem", "InputScan", "OutputOptions", "ItemOutcome", "collect_inputs", "output_paths",
+    "InputItem", "InputScan", "OutputOptions", "MASK_MODES", "label_slug", "ItemOutcome", "collect_inputs", "output_paths",
     "run_items", "run_summary", "write_run_summary", "check_inputs",
 ]

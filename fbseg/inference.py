@@ -45,42 +45,54 @@ def centred_pad(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
     return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
 
 
-def slide(
-    image: torch.Tensor,
+def slide_many(
+    images: Sequence[torch.Tensor],
     crop_fn: Callable[[torch.Tensor], torch.Tensor],
     *,
     window: int,
     stride: int,
     pad_multiple: int,
     batch_size: int = 8,
-) -> torch.Tensor:
-    """Sliding-window logits (C, H, W) for a normalised image (3, H, W).
+) -> list[torch.Tensor]:
+    """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
 
     Each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps crops (B, 3, h, w) to
     grid logits (B, C, rows, cols), which are upsampled bilinearly to the padded crop, cut,
-    summed over windows and divided by the per-pixel window count. Windows of one image all
-    have the same size, so they run as batches.
+    summed over windows and divided by the per-pixel window count. Crops of the same size run
+    together in batches of ``batch_size``, across images: every crop's result depends on that
+    crop alone, so the batching changes nothing but the speed.
     """
-    _, h, w = image.shape
-    boxes = window_boxes(h, w, window, stride)
-    ch, cw = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
-    pad = centred_pad(ch, cw, pad_multiple)
-    total = count = None
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start:start + batch_size]
-        crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-        if any(pad):
-            crops = F.pad(crops, pad)
-        logits = crop_fn(crops).float()
-        logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
-        if total is None:
-            total = logits.new_zeros((logits.shape[1], h, w))
-            count = logits.new_zeros((1, h, w))
-        for (y1, y2, x1, x2), crop in zip(chunk, logits):
-            total[:, y1:y2, x1:x2] += crop
-            count[:, y1:y2, x1:x2] += 1
-    return total / count
+    jobs = [(i, box) for i, img in enumerate(images)
+            for box in window_boxes(img.shape[1], img.shape[2], window, stride)]
+    by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    for i, (y1, y2, x1, x2) in jobs:
+        by_size.setdefault((y2 - y1, x2 - x1), []).append((i, (y1, y2, x1, x2)))
+    totals: list[torch.Tensor | None] = [None] * len(images)
+    counts = [img.new_zeros((1, *img.shape[1:]), dtype=torch.float32) for img in images]
+    for (ch, cw), group in by_size.items():
+        pad = centred_pad(ch, cw, pad_multiple)
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
+            if any(pad):
+                crops = F.pad(crops, pad)
+            logits = crop_fn(crops).float()
+            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
+            for (i, (y1, y2, x1, x2)), crop in zip(chunk, logits):
+                if totals[i] is None:
+                    totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
+                totals[i][:, y1:y2, x1:x2] += crop
+                counts[i][:, y1:y2, x1:x2] += 1
+    return [total / count for total, count in zip(totals, counts)]
+
+
+def slide(image: torch.Tensor, crop_fn: Callable[[torch.Tensor], torch.Tensor], *, window: int,
+          stride: int, pad_multiple: int, batch_size: int = 8) -> torch.Tensor:
+    """``slide_many`` for one image: logits (C, H, W)."""
+    return slide_many([image], crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
+                      batch_size=batch_size)[0]
 
 
 def class_probabilities(

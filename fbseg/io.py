@@ -66,6 +66,10 @@ def read_image(source: ImageLike) -> np.ndarray:
         raise
     except Image.UnidentifiedImageError:
         raise InputError(f"{path}: not an image") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (removed after the run started?)") from None
+    except PermissionError:
+        raise InputError(f"{path}: cannot read (permission denied)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise InputError(f"{path}: unreadable image ({reason})") from None

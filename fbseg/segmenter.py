@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from .clip_encoder import patch_size
 from .errors import ConfigError
 from .forward import Capture, CropModel, crop_logits
 from .hosts import DEFAULT_HOST, get_host
-from .inference import class_probabilities, labels_from_probs, protocol_size, resize_image, slide
+from .inference import (class_probabilities, labels_from_probs, protocol_size, resize_image,
+                        slide, slide_many)
 from .io import ImageLike, read_image
 from .proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
 from .result import SegmentationResult
@@ -136,12 +138,6 @@ class Segmenter:
         names = _as_classes(classes).flat_names
         return self.text_cache.embeddings(self.clip, self.tokenizer, names, self.device)
 
-    def _prepare(self, rgb: np.ndarray, short_side: int | None) -> torch.Tensor:
-        """(H, W, 3) uint8 → protocol-resized, CLIP-normalised (3, h, w) on the device."""
-        img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
-        img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
-        return ((img - self._mean) / self._std).to(self.device, self.dtype)
-
     def _check(self, window: int, stride: int, logit_scale: float, short_side: int | None) -> None:
         if window < self.patch or stride < 1:
             raise ConfigError(f"window must be ≥ the patch size ({self.patch}) and stride ≥ 1")
@@ -163,7 +159,7 @@ class Segmenter:
         cl = _as_classes(classes)
         text = self.encode_text(cl).to(self.dtype)
         t1 = time.perf_counter()
-        img = self._prepare(rgb, short_side)
+        img = self.prepare(rgb, short_side).tensor.to(self.device, self.dtype)
         fb = self.feedback if feedback is None else feedback
         lam_value = self.lam if lam is None else float(lam)
 
@@ -176,6 +172,13 @@ class Segmenter:
                          batch_size=self.batch_size)
         t2 = time.perf_counter()
         return stitched, rgb, {"text_s": t1 - t0, "model_s": t2 - t1}
+
+    def prepare(self, image: ImageLike, short_side: int | None = 336) -> "PreparedImage":
+        """Decode and resize one image for the model (CPU; safe to run in a worker thread)."""
+        rgb = read_image(image)
+        img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
+        img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
+        return PreparedImage(rgb, ((img - self._mean) / self._std), short_side)
 
     @torch.inference_mode()
     def segment(
@@ -197,31 +200,88 @@ class Segmenter:
         prob_threshold sends pixels whose top probability is lower to the first class.
         Returns labels (H, W) and probs (K, H, W) at the input image's size.
         """
+        return self.segment_batch([image], classes, short_side=short_side, window=window,
+                                  stride=stride, logit_scale=logit_scale,
+                                  prob_threshold=prob_threshold, lam=lam, feedback=feedback)[0]
+
+    @torch.inference_mode()
+    def segment_batch(
+        self,
+        images: Sequence["ImageLike | PreparedImage"],
+        classes: ClassList | str | Sequence[str],
+        *,
+        short_side: int | None = 336,
+        window: int = 336,
+        stride: int = 112,
+        logit_scale: float = 40.0,
+        prob_threshold: float = 0.0,
+        lam: float | None = None,
+        feedback: bool | None = None,
+    ) -> list[SegmentationResult]:
+        """Segment several images; their windows share batches where crop sizes match.
+
+        Equal to calling ``segment`` on each (each window's result depends on that window
+        alone). ``images`` may be already ``prepare``d with the same ``short_side``.
+        """
         self._check(window, stride, logit_scale, short_side)
         cl = _as_classes(classes)
         t0 = time.perf_counter()
-        stitched, rgb, timings = self.logits(image, cl, short_side=short_side, window=window,
-                                             stride=stride, lam=lam, feedback=feedback)
-        probs = class_probabilities(stitched, rgb.shape[:2], logit_scale, cl.name_to_class)
-        labels = labels_from_probs(probs, prob_threshold)
-        timings["total_s"] = time.perf_counter() - t0
+        text = self.encode_text(cl).to(self.dtype)
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, short_side)
+                    for im in images]
+        for p in prepared:
+            if p.short_side != short_side:
+                raise ConfigError("image prepared with another short side")
+        t1 = time.perf_counter()
         fb = self.feedback if feedback is None else feedback
-        meta = {
+        lam_value = self.lam if lam is None else float(lam)
+
+        def crop_fn(crops: torch.Tensor) -> torch.Tensor:
+            return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
+                               window=window)
+
+        stitched = slide_many([p.tensor.to(self.device, self.dtype) for p in prepared], crop_fn,
+                              window=window, stride=stride,
+                              pad_multiple=self.host.pad_multiple or self.patch,
+                              batch_size=self.batch_size)
+        t2 = time.perf_counter()
+        share = (t2 - t1) / len(prepared)
+        results = []
+        for p, logits in zip(prepared, stitched):
+            t3 = time.perf_counter()
+            probs = class_probabilities(logits, p.rgb.shape[:2], logit_scale, cl.name_to_class)
+            labels = labels_from_probs(probs, prob_threshold)
+            post = time.perf_counter() - t3
+            timings = {"text_s": t1 - t0, "model_s": share,
+                       "total_s": (t1 - t0) / len(prepared) + share + post}
+            meta = self._meta(fb, lam, timings, short_side=short_side, window=window, stride=stride,
+                              logit_scale=logit_scale, prob_threshold=prob_threshold)
+            results.append(SegmentationResult(
+                labels=labels.cpu().numpy().astype(np.int64), probs=probs.float().cpu().numpy(),
+                classes=cl.labels, names=cl.names, meta=meta))
+        return results
+
+    def _meta(self, fb: bool, lam: float | None, timings: dict, **settings) -> dict:
+        return {
             "fbseg_version": __version__,
             "model": self.model_name,
             "host": self.host.name,
             "proxy": self.proxy_spec.name if self.proxy_spec else None,
             "feedback": fb,
             "settings": {
-                "short_side": short_side, "window": window, "stride": stride,
-                "logit_scale": logit_scale, "prob_threshold": prob_threshold,
+                **settings,
                 "lam": (self.lam if lam is None else float(lam)) if fb else None,
                 "device": str(self.device), "precision": str(self.dtype).replace("torch.", ""),
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
-        return SegmentationResult(
-            labels=labels.cpu().numpy().astype(np.int64),
-            probs=probs.float().cpu().numpy(),
-            classes=cl.labels, names=cl.names, meta=meta,
-        )
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the model: rgb (H, W, 3) uint8 as read; tensor (3, h, w) float32,
+    CLIP-normalised at the protocol size for ``short_side``."""
+
+    rgb: np.ndarray
+    tensor: torch.Tensor
+    short_side: int | None

@@ -82,6 +82,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity:
     return canvas
 
 
+def binary_png(mask: np.ndarray) -> bytes:
+    """A 1-bit PNG of a boolean (H, W) mask: white where true."""
+    return png_bytes(Image.fromarray(np.asarray(mask, dtype=bool)).convert("1"))
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

@@ -194,7 +194,7 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
     src.mkdir()
     for i in range(5):
         Image.fromarray(random_image(40, 40, seed=i)).save(src / f"im{i}.png")
-    real = Segmenter.segment
+    real = Segmenter.segment_batch
     calls = {"n": 0}
 
     def stop_on_third(self, *a, **k):
@@ -203,14 +203,14 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(Segmenter, "segment", stop_on_third)
+    monkeypatch.setattr(Segmenter, "segment_batch", stop_on_third)
     args = ["segment", str(src), "-c", "a,b", "-o", str(tmp_path / "out"), *fast]
     r = run(args)
     assert r.exit_code == 130 and "2 of 5 images done" in r.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json") == \
         ["im0.json", "im1.json"]
     assert not list((tmp_path / "out").glob(".*tmp"))
-    monkeypatch.setattr(Segmenter, "segment", real)
+    monkeypatch.setattr(Segmenter, "segment_batch", real)
     r = run(args)
     assert r.exit_code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

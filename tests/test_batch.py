@@ -1,0 +1,178 @@
+"""Many images in one run: cross-image window batches, the streaming pipeline, faults."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import naive
+from conftest import ASSETS, TINY, random_image
+from fbseg import batch
+from fbseg.inference import protocol_size
+from fbseg.segmenter import Segmenter
+from fbseg_cli import app
+from test_cli import FAST, _bad_folder
+from test_pipeline import _normalised, _with_text
+
+
+def run(args):
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@pytest.fixture
+def fast(tiny_ckpt):
+    return FAST + ["--checkpoint", str(tiny_ckpt)]
+
+
+def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monkeypatch):
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32",
+                    batch_size=5)  # 3 + 3 + 3 windows of 64²: batches mix images
+    classes = ["cat", "sofa; couch", "floor"]
+    _with_text(seg, classes, 32)
+    sizes = [(70, 130), (64, 100), (150, 90)]
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    batches = []
+    real = seg.crop_model
+
+    import fbseg.segmenter as segmod
+    orig = segmod.crop_logits
+
+    def spy(model, crops, *a, **k):
+        batches.append(crops.shape[0])
+        return orig(model, crops, *a, **k)
+
+    monkeypatch.setattr(segmod, "crop_logits", spy)
+    results = seg.segment_batch(images, classes, short_side=64, window=64, stride=32,
+                                feedback=False)
+    assert batches == [5, 4]
+    text = seg.encode_text(classes)
+    for rgb, res in zip(images, results):
+        size = protocol_size(*rgb.shape[:2], 64)
+        with torch.no_grad():
+            expected = naive.slide_probs(
+                lambda c: naive.crop_logits("naclip", real.visual, c, text, False, 3.0),
+                _normalised(rgb, size), 64, 32, 16, rgb.shape[:2], 40.0, [0, 1, 1, 2])
+        np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
+
+
+def _fake_result(rgb):
+    from fbseg.result import SegmentationResult
+
+    h, w = rgb.shape[:2]
+    labels = (np.arange(h * w).reshape(h, w) % 2).astype(np.int64)
+    probs = np.stack([labels == 0, labels == 1]).astype(np.float32)
+    return SegmentationResult(labels, probs, ("a", "b"), (("a",), ("b",)), {})
+
+
+def test_pipeline_keeps_input_order_and_groups(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        Image.fromarray(random_image(10 + i, 12, seed=i)).save(src / f"im{i}.png")
+    (src / "im3.png").write_bytes(b"junk")
+    scan = batch.collect_inputs([str(src)])
+    groups = []
+
+    def segment_batch(payloads):
+        groups.append(len(payloads))
+        return [_fake_result(p) for p in payloads]
+
+    opts = batch.OutputOptions(tmp_path / "out")
+    outcomes = list(batch.run_items(scan.items, segment_batch, opts, group_size=3, prefetch=2))
+    assert [o.item.display for o in outcomes] == [str(src / f"im{i}.png") for i in range(7)]
+    assert [o.status for o in outcomes] == ["done"] * 3 + ["failed"] + ["done"] * 3
+    assert groups == [3, 3]
+    for i in (0, 6):
+        assert np.asarray(Image.open(tmp_path / "out" / f"im{i}.mask.png")).shape == (10 + i, 12)
+
+
+def test_per_class_masks(tmp_path, fast):
+    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat,sofa; couch,floor", "-o", str(tmp_path),
+             "--masks", "per-class", *fast])
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "cat.masks"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["00-cat.png", "01-sofa-couch.png", "02-floor.png"]
+    labels = np.asarray(Image.open(tmp_path / "cat.mask.png"))
+    for k, name in enumerate(names):
+        binary = np.asarray(Image.open(folder / name))
+        assert binary.dtype == bool and np.array_equal(binary, labels == k)
+    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--masks", "each", *fast])
+    assert r.exit_code == 2 and "per-class" in r.stderr
+
+
+def test_unreadable_and_vanishing_files_are_reported(tmp_path, fast, monkeypatch):
+    """Faults injected where the code opens files: root can read anything, so no chmod."""
+    import fbseg.io
+
+    good = _bad_folder(tmp_path / "in")
+    Image.fromarray(random_image(20, 20, seed=9)).save(tmp_path / "in" / "locked.png")
+    Image.fromarray(random_image(20, 20, seed=8)).save(tmp_path / "in" / "vanish.png")
+    real_open, real_collect = fbseg.io.Image.open, batch.collect_inputs
+
+    def guarded_open(fp, *a, **k):
+        if str(fp).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *a, **k)
+
+    def collect_then_delete(*a, **k):
+        scan = real_collect(*a, **k)
+        (tmp_path / "in" / "vanish.png").unlink()  # gone after the scan, before it is read
+        return scan
+
+    monkeypatch.setattr(fbseg.io.Image, "open", guarded_open)
+    monkeypatch.setattr(batch, "collect_inputs", collect_then_delete)
+    out = tmp_path / "out"
+    r = run(["segment", str(tmp_path / "in"), "-c", "a,b", "-o", str(out), *fast])
+    assert r.exit_code == 4
+    summary = json.loads((out / "summary.json").read_text())
+    reasons = {Path(i["input"]).name: i["reason"] for i in summary["images"] if i["status"] == "failed"}
+    assert "permission denied" in reasons["locked.png"]
+    assert "no such file" in reasons["vanish.png"]
+    assert summary["done"] == len(good)
+    assert not (out / "locked.mask.png").exists() and not (out / "vanish.mask.png").exists()
+
+
+def test_output_folder_turning_unwritable_mid_run(tmp_path, fast, monkeypatch):
+    """After two images the folder refuses every write: the first two stay whole, the rest
+    fail with a reason, no temporary or partial file is left, and the exit code is 4."""
+    import fbseg.io
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(random_image(30, 30, seed=i)).save(src / f"im{i}.png")
+    calls = {"n": 0}
+    real_link, real_replace = fbseg.io.os.link, fbseg.io.os.replace
+
+    def link(a, b):
+        calls["n"] += 1
+        if calls["n"] > 4:  # mask + json of two images
+            raise PermissionError(13, "Permission denied")
+        return real_link(a, b)
+
+    def replace(a, b):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fbseg.io.os, "link", link)
+    monkeypatch.setattr(fbseg.io.os, "replace", replace)
+    out = tmp_path / "out"
+    r = run(["segment", str(src), "-c", "a,b", "-o", str(out), *fast])
+    assert r.exit_code == 4
+    assert sorted(p.name for p in out.iterdir()) == ["im0.json", "im0.mask.png", "im1.json", "im1.mask.png"]
+    assert r.stderr.count("cannot write") >= 4  # three images and the run summary
+    assert "summary.json" in r.stderr
+    for name in ("im0", "im1"):
+        assert json.loads((out / f"{name}.json").read_text())["classes"][0]["class"] == "a"
+
+
+def test_a_user_file_in_the_way_is_never_overwritten(tmp_path, fast):
+    (tmp_path / "cat.mask.png").write_bytes(b"my own file")
+    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug", "-o", str(tmp_path), *fast])
+    assert r.exit_code == 4 and "exists (use --overwrite)" in r.stderr
+    assert (tmp_path / "cat.mask.png").read_bytes() == b"my own file"
+    assert not (tmp_path / "cat.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
