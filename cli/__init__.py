@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from . import eval as _eval
 from . import models as _models
 from . import segment as _segment
 
@@ -26,6 +27,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command("segment", help=_segment.HELP + "\n\n" + EXIT_CODES)(_segment.segment)
+app.command("eval", help=_eval.HELP + "\n\n" + EXIT_CODES)(_eval.eval_command)
 app.command("models", help="List backbones, hosts and proxies, and which weights are cached.")(
     _models.models
 )

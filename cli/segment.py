@@ -9,6 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from ._console import err, fail, stdout_line
+from ._options import (M, O, P, W, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt,
+                       ModelOpt, PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
+                       load_segmenter)
 
 HELP = """Segment images with free-text classes.
 
@@ -19,8 +22,6 @@ globs or - (stdin). Weights are downloaded at first use; --checkpoint takes a lo
 (a state dict of open_clip.create_model(MODEL); OpenAI-format ViT-B/16 weights need
 --model ViT-B-16-quickgelu)."""
 
-M, O, P, W = "Model", "Output", "Performance", "Protocol"
-
 
 def segment(
     paths: Annotated[list[str], typer.Argument(help="Images, folders, globs, or - for stdin.",
@@ -29,14 +30,14 @@ def segment(
     classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (names split on ';').")] = None,
     background: Annotated[Optional[str], typer.Option("--background", help="';'-separated names of a 'background' class prepended as label 0.")] = None,
     background_threshold: Annotated[Optional[float], typer.Option("--background-threshold", help="Pixels whose top probability is below this become background.")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture (ViT-B-16, ViT-L-14, ViT-H-14, ViT-B-16-quickgelu, ...).", rich_help_panel=M)] = "ViT-B-16",
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag (default: openai, openai, laion2b_s32b_b79k).", rich_help_panel=M)] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Local CLIP weights file.", rich_help_panel=M)] = None,
-    host: Annotated[str, typer.Option("--host", help="maskclip | sclip | clearclip | naclip | proxyclip.", rich_help_panel=M)] = "proxyclip",
-    proxy: Annotated[str, typer.Option("--proxy", help="Proxy for --host proxyclip: dino | dinov2 | sam | mae (and -l/-h variants).", rich_help_panel=M)] = "dino",
-    proxy_checkpoint: Annotated[Optional[Path], typer.Option("--proxy-checkpoint", help="Local proxy weights (state dict of the timm model).", rich_help_panel=M)] = None,
-    feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="FSA on or off.", rich_help_panel=M)] = True,
-    lam: Annotated[Optional[float], typer.Option("--lam", help="FSA's λ (default by backbone/proxy).", rich_help_panel=M)] = None,
+    model: ModelOpt = "ViT-B-16",
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    host: HostOpt = "proxyclip",
+    proxy: ProxyOpt = "dino",
+    proxy_checkpoint: ProxyCheckpointOpt = None,
+    feedback: FeedbackOpt = True,
+    lam: LamOpt = None,
     short_side: Annotated[int, typer.Option("--short-side", help="Resize so the short side is this (long side ≤ 2048).", rich_help_panel=W)] = 336,
     window: Annotated[int, typer.Option("--window", help="Sliding window size.", rich_help_panel=W)] = 336,
     stride: Annotated[int, typer.Option("--stride", help="Sliding window stride.", rich_help_panel=W)] = 112,
@@ -50,11 +51,11 @@ def segment(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite existing outputs (default: skip).", rich_help_panel=O)] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.", rich_help_panel=O)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each image's summary as one JSON line on stdout.", rich_help_panel=O)] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.", rich_help_panel=O)] = False,
-    device: Annotated[str, typer.Option("--device", "-d", help="auto | cpu | cuda | mps.", rich_help_panel=P)] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.", rich_help_panel=P)] = "auto",
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_images: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).", rich_help_panel=P)] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=P)] = False,
+    debug: DebugOpt = False,
 ) -> None:
     options = dict(locals())
     from fbseg.errors import FbsegError
@@ -98,15 +99,10 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output {output} exists and is not a folder")
 
-    from fbseg.segmenter import Segmenter
-
     show = not quiet
-    if show:
-        err.print(f"loading {model} + {host}{' (' + proxy + ')' if host == 'proxyclip' else ''}"
-                  f"{' + FSA' if feedback else ''} ...")
-    seg = Segmenter.from_pretrained(model, pretrained=pretrained, checkpoint=checkpoint, host=host,
-                                    proxy=proxy, proxy_checkpoint=proxy_checkpoint,
-                                    feedback=feedback, lam=lam, device=device, precision=precision)
+    seg = load_segmenter(model=model, pretrained=pretrained, checkpoint=checkpoint, host=host,
+                         proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
+                         device=device, precision=precision, show=show)
     settings = dict(short_side=short_side, window=window, stride=stride, logit_scale=logit_scale,
                     prob_threshold=background_threshold or 0.0)
     seg.encode_text(cl)  # validates settings-independent work once, before the loop

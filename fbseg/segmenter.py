@@ -75,7 +75,8 @@ class Segmenter:
                  proxy: torch.nn.Module | None = None, proxy_spec: ProxySpec | None = None,
                  feedback: bool = True, lam: float | None = None, device: str = "auto",
                  precision: str = "auto", weights_id: str | None = None,
-                 text_cache_dir: Path | None = None, batch_size: int = 8) -> None:
+                 text_cache_dir: Path | None = None, batch_size: int = 8,
+                 proxy_weights_id: str | None = None) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model_name = model_name
@@ -99,6 +100,8 @@ class Segmenter:
 
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.text_cache = TextCache(text_cache_dir, weights_id)
+        self.weights_id = weights_id
+        self.proxy_weights_id = proxy_weights_id if self.proxy_spec else None
         self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
         self._std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
 
@@ -131,6 +134,8 @@ class Segmenter:
         return cls(clip, model_name=model, host=host, proxy=proxy_model, proxy_spec=spec,
                    feedback=feedback, lam=lam, device=device, precision=precision,
                    weights_id=_weights_id(model, pretrained, checkpoint),
+                   proxy_weights_id=(_weights_id(spec.name, "timm", proxy_checkpoint)
+                                     if spec is not None else None),
                    text_cache_dir=cache_dir() if text_cache else None)
 
     def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
@@ -260,6 +265,16 @@ class Segmenter:
                 labels=labels.cpu().numpy().astype(np.int64), probs=probs.float().cpu().numpy(),
                 classes=cl.labels, names=cl.names, meta=meta))
         return results
+
+    def identity(self, feedback: bool | None = None, lam: float | None = None) -> dict:
+        """Everything that decides the output besides the image and the settings (for
+        cache keys and reports)."""
+        fb = self.feedback if feedback is None else feedback
+        return {"model": self.model_name, "weights": self.weights_id, "host": self.host.name,
+                "proxy": self.proxy_spec.name if self.proxy_spec else None,
+                "proxy_weights": self.proxy_weights_id, "feedback": fb,
+                "lam": (self.lam if lam is None else float(lam)) if fb else None,
+                "precision": str(self.dtype).replace("torch.", "")}
 
     def _meta(self, fb: bool, lam: float | None, timings: dict, **settings) -> dict:
         return {

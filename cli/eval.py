@@ -1,0 +1,107 @@
+"""`fbseg eval`: a benchmark's validation split with the paper's protocol; mIoU as mmseg."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._console import err, fail, stdout_line
+from ._options import (O, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt, ModelOpt,
+                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
+                       load_segmenter)
+
+HELP = """Evaluate on a benchmark (voc21, voc20, context60, context59, coco-object, coco-stuff,
+cityscapes, ade20k) with the paper's protocol: its class names, short side, window, stride and
+probability threshold. --root is the folder holding the dataset in mmseg's layout (see the
+README). Per-image counts are cached in --work-dir, so an interrupted run resumes."""
+
+
+def eval_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="voc21 | voc20 | context60 | context59 | coco-object | coco-stuff | cityscapes | ade20k.", show_default=False)],
+    root: Annotated[Path, typer.Option("--root", help="Folder holding the dataset (mmseg layout).", show_default=False)],
+    model: ModelOpt = "ViT-B-16",
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    host: HostOpt = "proxyclip",
+    proxy: ProxyOpt = "dino",
+    proxy_checkpoint: ProxyCheckpointOpt = None,
+    feedback: FeedbackOpt = True,
+    lam: LamOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images (a quick look).", rich_help_panel=O)] = None,
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where per-image counts and the report go.", rich_help_panel=O)] = Path("fbseg-eval"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=O)] = False,
+    quiet: QuietOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    options = dict(locals())
+    from fbseg.errors import FbsegError
+
+    try:
+        _run(**options)
+    except FbsegError as exc:
+        if debug:
+            raise
+        fail(exc.one_line(), exc.exit_code)
+
+
+def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_checkpoint, feedback,
+         lam, limit, work_dir, as_json, quiet, device, precision, debug) -> None:
+    from fbseg import distributed, evaluate
+    from fbseg.datasets import DATASETS, find_samples
+
+    spec = DATASETS.get(dataset)
+    samples = find_samples(spec, root)[:limit]
+    dist = distributed.from_environment()
+    show = not quiet and dist.is_main
+    seg = load_segmenter(model=model, pretrained=pretrained, checkpoint=checkpoint, host=host,
+                         proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
+                         device=dist.device_for(device), precision=precision, show=show)
+    mine = dist.shard(samples)
+    from .segment import _progress
+
+    progress = _progress(show)
+    with progress:
+        task = progress.add_task(f"{dataset}", total=len(mine))
+
+        done = []
+
+        def step(item):
+            done.append(item)
+            progress.update(task, advance=1, description=f"{dataset} {item.sample.id[-30:]}")
+
+        try:
+            report = evaluate.evaluate(seg, spec, mine, work_dir=work_dir, on_image=step)
+        except KeyboardInterrupt:  # every finished image's counts are already on disk
+            fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)
+    report = dist.merge_report(report, len(samples))
+    if not dist.is_main:
+        return
+    path = evaluate.write_report(report, work_dir)
+    data = report.to_json()
+    if as_json:
+        stdout_line(json.dumps(data))
+    if show:
+        _table(data)
+        err.print(f"report: {path}")
+
+
+def _table(data: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{data['dataset']} — {data['images']} images, {data['host']}"
+                    f"{' + FSA' if data['feedback'] else ''}")
+    t.add_column("class")
+    t.add_column("IoU %", justify="right")
+    t.add_column("Acc %", justify="right")
+    for row in data["per_class"]:
+        t.add_row(row["class"][:40], "–" if row["IoU"] is None else f"{row['IoU']:.2f}",
+                  "–" if row["Acc"] is None else f"{row['Acc']:.2f}")
+    t.add_section()
+    t.add_row("mIoU", f"{data['mIoU']:.2f}" if data["mIoU"] is not None else "–",
+              f"mAcc {data['mAcc']:.2f}" if data["mAcc"] is not None else "")
+    t.add_row("aAcc", f"{data['aAcc']:.2f}", "")
+    err.print(t)

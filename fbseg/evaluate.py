@@ -1,0 +1,156 @@
+"""`fbseg eval`: a benchmark's validation split through a Segmenter, scored like mmseg.
+
+Per-image area counts are cached on disk (atomically) under a key of everything that
+decides them, so an interrupted evaluation resumes where it stopped and a finished one
+re-scores instantly.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DatasetSpec, Sample, load_label
+from .errors import InputError
+from .io import atomic_write_bytes
+from .metrics import Scores, area_counts, scores_from_counts
+
+LOGIT_SCALE = 40.0
+
+
+def protocol(spec: DatasetSpec) -> dict:
+    """The Segmenter settings of the paper's protocol for this dataset."""
+    return {"short_side": spec.short_side, "window": spec.window, "stride": spec.stride,
+            "logit_scale": LOGIT_SCALE, "prob_threshold": spec.prob_threshold}
+
+
+def run_key(identity: dict, spec: DatasetSpec) -> str:
+    blob = json.dumps({"identity": identity, "dataset": spec.name, "protocol": protocol(spec),
+                       "reduce_zero_label": spec.reduce_zero_label}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    sample: Sample
+    counts: np.ndarray  # (4, K) int64
+    cached: bool
+    seconds: float
+
+
+class CountsCache:
+    """``folder/<sample id>.npy``: one image's (4, K) counts; None disables caching."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _path(self, sample: Sample) -> Path:
+        assert self.folder is not None
+        return self.folder / (sample.id.replace("/", "__") + ".npy")
+
+    def get(self, sample: Sample, num_classes: int) -> np.ndarray | None:
+        if self.folder is None or not self._path(sample).is_file():
+            return None
+        try:
+            counts = np.load(self._path(sample))
+        except (OSError, ValueError):
+            return None  # damaged: recompute
+        return counts if counts.shape == (4, num_classes) else None
+
+    def put(self, sample: Sample, counts: np.ndarray) -> None:
+        if self.folder is None:
+            return
+        buf = io.BytesIO()
+        np.save(buf, counts)
+        atomic_write_bytes(self._path(sample), buf.getvalue(), overwrite=True)
+
+
+def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: CountsCache,
+                prefetch: int = 2) -> Iterator[ImageCounts]:
+    """Counts of each sample in order: from the cache, or segmented now (the next images are
+    decoded and resized in a background thread while the model runs)."""
+    classes = spec.classes()
+    settings = protocol(spec)
+    todo = [s for s in samples if cache.get(s, spec.num_classes) is None]
+
+    def load(sample: Sample):
+        return segmenter.prepare(sample.image, spec.short_side), load_label(sample.label,
+                                                                           spec.reduce_zero_label)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-eval-read") as pool:
+        pending = {s.id: pool.submit(load, s) for s in todo[:prefetch]}
+        next_index = min(prefetch, len(todo))
+        for sample in samples:
+            cached = cache.get(sample, spec.num_classes)
+            if cached is not None:
+                yield ImageCounts(sample, cached, True, 0.0)
+                continue
+            t0 = time.perf_counter()
+            prepared, label = pending.pop(sample.id).result()
+            if next_index < len(todo):
+                pending[todo[next_index].id] = pool.submit(load, todo[next_index])
+                next_index += 1
+            result = segmenter.segment_batch([prepared], classes, **settings)[0]
+            if result.labels.shape != label.shape:
+                raise InputError(f"{sample.label}: label map {label.shape[::-1]} does not match "
+                                 f"image {result.labels.shape[::-1]}")
+            counts = area_counts(result.labels, label, spec.num_classes)
+            cache.put(sample, counts)
+            yield ImageCounts(sample, counts, False, time.perf_counter() - t0)
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    identity: dict
+    settings: dict
+    class_labels: tuple[str, ...]
+    num_images: int
+    totals: np.ndarray
+    seconds: float
+
+    @property
+    def scores(self) -> Scores:
+        return scores_from_counts(self.totals)
+
+    def to_json(self) -> dict:
+        return {"schema_version": 1, "dataset": self.dataset, "images": self.num_images,
+                **self.scores.to_dict(self.class_labels), **self.identity,
+                "settings": self.settings, "seconds": round(self.seconds, 2)}
+
+
+def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
+             work_dir: Path | None = None,
+             on_image: Callable[[ImageCounts], None] | None = None) -> EvalReport:
+    """Score ``samples``; counts are cached under ``work_dir/counts/<run key>/``."""
+    identity = segmenter.identity()
+    folder = work_dir / "counts" / run_key(identity, spec) if work_dir is not None else None
+    cache = CountsCache(folder)
+    totals = np.zeros((4, spec.num_classes), np.int64)
+    t0 = time.perf_counter()
+    for item in iter_counts(segmenter, spec, samples, cache):
+        totals += item.counts
+        if on_image is not None:
+            on_image(item)
+    return EvalReport(spec.name, identity, protocol(spec), spec.classes().labels, len(samples),
+                      totals, time.perf_counter() - t0)
+
+
+def write_report(report: EvalReport, work_dir: Path) -> Path:
+    """``work_dir/<dataset>-<run key>.json`` (rewritten: it is derived from the cache)."""
+    path = Path(work_dir) / f"{report.dataset}-{run_key(report.identity, _spec(report.dataset))}.json"
+    atomic_write_bytes(path, (json.dumps(report.to_json(), indent=2) + "\n").encode(), overwrite=True)
+    return path
+
+
+def _spec(name: str) -> DatasetSpec:
+    from .datasets import DATASETS
+
+    return DATASETS.get(name)

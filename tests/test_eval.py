@@ -1,0 +1,189 @@
+"""`fbseg eval`: dataset layouts, label handling, mmseg's mIoU, resume, the CLI."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY, random_image
+from fbseg.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
+from fbseg.errors import InputError
+from fbseg.metrics import area_counts, scores_from_counts
+from fbseg_cli import app
+
+
+def make_dataset(name: str, root: Path, n: int = 3, size=(24, 32), seed: int = 0) -> list[str]:
+    """Write ``n`` random images and label maps in the dataset's mmseg layout; return ids."""
+    spec = DATASETS.get(name)
+    lay = spec.layout
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        sample_id = f"city{i % 2}/img{i}" if name == "cityscapes" else f"img{i:03d}"
+        ids.append(sample_id)
+        img = root / lay.images / f"{sample_id}{lay.img_suffix}"
+        lbl = root / lay.labels / f"{sample_id}{lay.label_suffix}"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        lbl.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(random_image(*size, seed=seed + i)).save(img)
+        top = spec.num_classes + (1 if spec.reduce_zero_label else 0)
+        label = rng.integers(0, top, size=size).astype(np.uint8)
+        label[0, :3] = IGNORE_INDEX
+        Image.fromarray(label).save(lbl)
+    if lay.split:
+        split = root / lay.split
+        split.parent.mkdir(parents=True, exist_ok=True)
+        split.write_text("\n".join(ids) + "\n")
+    return ids
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_each_layout_pairs_images_with_their_labels(tmp_path, name):
+    ids = make_dataset(name, tmp_path, n=3)
+    spec = DATASETS.get(name)
+    samples = find_samples(spec, tmp_path)
+    assert [s.id for s in samples] == sorted(ids) if not spec.layout.split else ids
+    for s in samples:
+        assert s.image.is_file() and s.label.is_file()
+        assert s.label.name.endswith(spec.layout.label_suffix)
+        assert s.label.name[: -len(spec.layout.label_suffix)] == s.image.name[: -len(spec.layout.img_suffix)]
+    assert len(spec.classes()) == spec.num_classes
+
+
+def test_reference_names_and_protocol():
+    voc21 = DATASETS.get("voc21").classes()
+    assert len(voc21.names[0]) == 26 and voc21.names[0][:3] == ("sky", "wall", "tree")
+    assert len(voc21.flat_names) == 46
+    city = DATASETS.get("cityscapes")
+    assert "trafficlight" in city.classes().labels and "trafficsign" in city.classes().labels
+    assert (city.short_side, city.window, city.stride) == (448, 224, 80)
+    assert {n: DATASETS.get(n).prob_threshold for n in ("voc21", "context60", "coco-object")} == \
+        {"voc21": 0.2, "context60": 0.14, "coco-object": 0.3}
+    assert [n for n in DATASETS.names() if DATASETS.get(n).reduce_zero_label] == ["ade20k", "context59", "voc20"]
+
+
+def test_missing_pieces_are_named(tmp_path):
+    with pytest.raises(InputError, match="VOC2012/JPEGImages"):
+        find_samples(DATASETS.get("voc21"), tmp_path)
+    make_dataset("voc21", tmp_path, n=2)
+    (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/img001.png").unlink()
+    with pytest.raises(InputError, match="1 of 2 samples lack files"):
+        find_samples(DATASETS.get("voc21"), tmp_path)
+
+
+def test_reduce_zero_label_as_mmseg(tmp_path):
+    label = np.array([[0, 1, 2], [255, 21, 5]], np.uint8)
+    Image.fromarray(label).save(tmp_path / "l.png")
+    np.testing.assert_array_equal(load_label(tmp_path / "l.png", True), [[255, 0, 1], [255, 20, 4]])
+    np.testing.assert_array_equal(load_label(tmp_path / "l.png", False), label)
+    pal = Image.fromarray(label, "P")
+    pal.putpalette([7] * 768)
+    pal.save(tmp_path / "p.png")  # palette label maps are read as indices
+    np.testing.assert_array_equal(load_label(tmp_path / "p.png", False), label)
+
+
+def test_miou_by_hand_with_absent_classes():
+    pred = np.array([[0, 1], [1, 2]])
+    label = np.array([[0, 1], [2, 255]])
+    counts = area_counts(pred, label, 4)
+    np.testing.assert_array_equal(counts, [[1, 1, 0, 0], [1, 2, 1, 0], [1, 2, 0, 0], [1, 1, 1, 0]])
+    s = scores_from_counts(counts)
+    # class 2: in the labels, never right → IoU 0; class 3: nowhere → NaN, left out of the mean
+    assert s.miou == pytest.approx(50.0) and np.isnan(s.iou[3]) and s.iou[2] == 0
+    assert s.aacc == pytest.approx(200 / 3) and s.macc == pytest.approx(200 / 3)
+
+
+def test_miou_equals_a_plain_confusion_matrix_over_a_dataset():
+    rng = np.random.default_rng(1)
+    K = 7
+    conf = np.zeros((K, K), np.int64)
+    totals = np.zeros((4, K), np.int64)
+    for _ in range(5):
+        label = rng.integers(0, K - 1, size=(30, 40))  # class K-1 never labelled
+        label[rng.random(label.shape) < 0.1] = 255
+        pred = np.where(rng.random(label.shape) < 0.6, label, rng.integers(0, K - 2, size=label.shape))
+        pred = np.where(label == 255, rng.integers(0, K, size=label.shape), pred)
+        totals += area_counts(pred, label, K)
+        for t, p in zip(label.ravel(), pred.ravel()):
+            if t != 255:
+                conf[t, p] += 1
+    ious = []
+    for k in range(K):
+        union = conf[k, :].sum() + conf[:, k].sum() - conf[k, k]
+        if union:
+            ious.append(conf[k, k] / union)
+    s = scores_from_counts(totals)
+    assert s.miou == pytest.approx(100 * sum(ious) / len(ious), abs=1e-9)
+    assert s.aacc == pytest.approx(100 * np.trace(conf) / conf.sum(), abs=1e-9)
+
+
+def _eval_args(root, tiny_ckpt, work, dataset="voc20"):
+    return ["eval", "--dataset", dataset, "--root", str(root), "--model", TINY, "--checkpoint",
+            str(tiny_ckpt), "--host", "naclip", "--work-dir", str(work), "--json", "-q"]
+
+
+def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(tmp_path, tiny_ckpt, tiny_clip,
+                                                                      monkeypatch):
+    from fbseg.segmenter import Segmenter
+
+    make_dataset("voc20", tmp_path / "data", n=3)
+    r = CliRunner().invoke(app, _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w"))
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["images"] == 3 and len(report["per_class"]) == 20
+
+    # independently: segment each image with the protocol, reduce labels, plain confusion matrix
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
+    spec = DATASETS.get("voc20")
+    conf = np.zeros((20, 20), np.int64)
+    for s in find_samples(spec, tmp_path / "data"):
+        res = seg.segment(s.image, spec.classes(), short_side=336, window=336, stride=112)
+        raw = np.asarray(Image.open(s.label)).astype(np.int64)
+        gt = np.where((raw == 0) | (raw == 255), 255, raw - 1)
+        for t, p in zip(gt.ravel(), res.labels.ravel()):
+            if t != 255:
+                conf[t, p] += 1
+    ious = [conf[k, k] / u for k in range(20)
+            if (u := conf[k].sum() + conf[:, k].sum() - conf[k, k])]
+    assert report["mIoU"] == pytest.approx(round(100 * np.mean(ious), 2), abs=0.006)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("cached images must not be segmented again")
+
+    monkeypatch.setattr(Segmenter, "segment_batch", must_not_run)
+    r2 = CliRunner().invoke(app, _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w"))
+    assert r2.exit_code == 0 and json.loads(r2.stdout)["mIoU"] == report["mIoU"]
+
+
+def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):
+    from fbseg.segmenter import Segmenter
+
+    make_dataset("context59", tmp_path / "data", n=4)
+    real = Segmenter.segment_batch
+    calls = {"n": 0}
+
+    def stop_on_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Segmenter, "segment_batch", stop_on_third)
+    args = _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w", "context59")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 130 and "2 of 4 images scored" in r.stderr
+    counts = list((tmp_path / "w" / "counts").rglob("*.npy"))
+    assert len(counts) == 2
+    calls["n"] = -10
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and calls["n"] == -8  # exactly the two remaining images
+    assert json.loads(r.stdout)["images"] == 4
+
+
+def test_eval_bad_root_is_one_line(tmp_path, tiny_ckpt):
+    r = CliRunner().invoke(app, _eval_args(tmp_path / "nothing", tiny_ckpt, tmp_path / "w"))
+    assert r.exit_code == 4 and "expected folder" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(app, _eval_args(tmp_path, tiny_ckpt, tmp_path / "w", "voc22"))
+    assert r.exit_code == 2 and "voc21" in r.stderr
