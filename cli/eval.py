@@ -78,6 +78,7 @@ def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_che
         except KeyboardInterrupt:  # every finished image's counts are already on disk
             fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)
     report = dist.merge_report(report, len(samples))
+    distributed.shutdown()
     if not dist.is_main:
         return
     path = evaluate.write_report(report, work_dir)

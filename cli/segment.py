@@ -86,7 +86,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
          checkpoint, host, proxy, proxy_checkpoint, feedback, lam, short_side, window, stride,
          logit_scale, output, overlay, opacity, save_probs, masks, compare, overwrite, recursive, as_json, quiet,
          device, precision, batch_images, debug) -> None:
-    from fbseg import batch
+    from fbseg import batch, distributed
     from fbseg.errors import ConfigError, FbsegError
 
     cl = _class_list(classes, classes_file, background, background_threshold)
@@ -99,18 +99,19 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output {output} exists and is not a folder")
 
-    show = not quiet
+    dist = distributed.from_environment()
+    show = not quiet and dist.is_main
     seg = load_segmenter(model=model, pretrained=pretrained, checkpoint=checkpoint, host=host,
                          proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
-                         device=device, precision=precision, show=show)
+                         device=dist.device_for(device), precision=precision, show=show)
     settings = dict(short_side=short_side, window=window, stride=stride, logit_scale=logit_scale,
                     prob_threshold=background_threshold or 0.0)
     seg.encode_text(cl)  # validates settings-independent work once, before the loop
     opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs, masks, cl.labels)
     group = batch_images or (4 if seg.device.type == "cuda" else 1)
     outcomes = [batch.ItemOutcome(batch.InputItem(Path(m), Path(m), m), "failed", f"{m}: no such file")
-                for m in scan.missing]
-    items = scan.items
+                for m in scan.missing] if dist.is_main else []
+    items = dist.shard(scan.items)  # each rank its own disjoint share; alone: all of them
     progress = _progress(show and len(items) > 1)
     interrupted = False
     with progress:
@@ -136,19 +137,34 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                 line = outcome.result.to_json()
                 line["input"], line["outputs"] = outcome.item.display, outcome.outputs
                 stdout_line(json.dumps(line))
-    if len(scan.items) + len(scan.missing) > 1:
-        try:
-            batch.write_run_summary(outcomes, output)
-        except FbsegError as exc:
-            outcomes.append(batch.ItemOutcome(batch.InputItem(None, Path(batch.RUN_SUMMARY),
-                                                              batch.RUN_SUMMARY), "failed", exc.one_line()))
     if interrupted:
         done = sum(o.status == "done" for o in outcomes)
+        if len(scan.items) + len(scan.missing) > 1:
+            _write_summary([batch.summary_entry(o) for o in outcomes], output)
         fail(f"interrupted: {done} of {len(items)} images done; rerun to resume", 130)
+    order = {item.display: i for i, item in enumerate(scan.items)}
+    entries = [e for part in dist.all_gather([batch.summary_entry(o) for o in outcomes]) for e in part]
+    entries.sort(key=lambda e: order.get(e["input"], -1))  # input order, whatever the ranks
+    if dist.is_main and len(scan.items) + len(scan.missing) > 1:
+        entries += _write_summary(entries, output)
+    failed = any(e["status"] == "failed" for e in dist.all_gather(entries)[0])
+    distributed.shutdown()
     if show:
-        _report(outcomes, scan.skipped_non_images)
-    if any(o.status == "failed" for o in outcomes):
+        _report(outcomes, entries, scan.skipped_non_images)
+    if failed:
         raise typer.Exit(4)
+
+
+def _write_summary(entries: list[dict], output: Path) -> list[dict]:
+    """Write summary.json; a failure to do so becomes one more failed entry (returned)."""
+    from fbseg import batch
+    from fbseg.errors import FbsegError
+
+    try:
+        batch.write_run_summary(entries, output)
+    except FbsegError as exc:
+        return [{"input": batch.RUN_SUMMARY, "status": "failed", "reason": exc.one_line()}]
+    return []
 
 
 def _progress(enabled: bool):
@@ -169,11 +185,12 @@ def _progress(enabled: bool):
                     redirect_stdout=False, redirect_stderr=False)
 
 
-def _report(outcomes, skipped_non_images: int) -> None:
+def _report(outcomes, entries: list[dict], skipped_non_images: int) -> None:
+    """One image: its class table. Several: counts and every failure (all ranks' entries)."""
     from rich.table import Table
 
     done = [o for o in outcomes if o.status == "done"]
-    if len(outcomes) == 1 and done:
+    if len(entries) == 1 and len(outcomes) == 1 and done:
         r = done[0].result
         t = Table(title=f"{done[0].item.display}  ({r.image_size[1]}×{r.image_size[0]}, "
                         f"{r.meta['timings']['total_s']:.2f} s)")
@@ -185,11 +202,11 @@ def _report(outcomes, skipped_non_images: int) -> None:
         err.print(t)
         err.print("wrote " + ", ".join(done[0].outputs.values()))
         return
-    if len(outcomes) == 1:
+    if len(entries) == 1:
         return  # its one line was printed as it happened
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "skipped", "failed")}
     extra = f", {skipped_non_images} non-images ignored" if skipped_non_images else ""
     err.print(f"processed {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}{extra}")
-    for o in outcomes:
-        if o.status == "failed":
-            err.print(f"  [red]✗[/red] {o.reason}", soft_wrap=True)
+    for e in entries:
+        if e["status"] == "failed":
+            err.print(f"  [red]✗[/red] {e['reason']}", soft_wrap=True)

@@ -307,24 +307,22 @@ def run_items(
         raise KeyboardInterrupt
 
 
-def run_summary(outcomes: Sequence[ItemOutcome]) -> dict:
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    return {
-        "schema_version": 1,
-        **counts,
-        "images": [
-            {"input": o.item.display, "status": o.status, "reason": o.reason or None,
-             "outputs": o.outputs, "seconds": round(o.seconds, 4),
-             "pixel_fractions": ({c.label: c.pixel_fraction for c in o.result.summary()}
-                                 if o.result is not None else None)}
-            for o in outcomes
-        ],
-    }
+def summary_entry(o: ItemOutcome) -> dict:
+    """One image's line in ``summary.json`` (plain data: it may travel between processes)."""
+    return {"input": o.item.display, "status": o.status, "reason": o.reason or None,
+            "outputs": o.outputs, "seconds": round(o.seconds, 4),
+            "pixel_fractions": ({c.label: c.pixel_fraction for c in o.result.summary()}
+                                if o.result is not None else None)}
 
 
-def write_run_summary(outcomes: Sequence[ItemOutcome], out_dir: Path) -> Path:
+def run_summary(entries: Sequence[dict]) -> dict:
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "skipped", "failed")}
+    return {"schema_version": 1, **counts, "images": list(entries)}
+
+
+def write_run_summary(entries: Sequence[dict], out_dir: Path) -> Path:
     path = out_dir / RUN_SUMMARY
-    atomic_write_bytes(path, (json.dumps(run_summary(outcomes), indent=2) + "\n").encode(),
+    atomic_write_bytes(path, (json.dumps(run_summary(entries), indent=2) + "\n").encode(),
                        overwrite=True)
     return path
 
@@ -337,5 +335,5 @@ def check_inputs(scan: InputScan) -> None:
 
 __all__ = [
     "InputItem", "InputScan", "OutputOptions", "MASK_MODES", "label_slug", "ItemOutcome", "collect_inputs", "output_paths",
-    "run_items", "run_summary", "write_run_summary", "check_inputs",
+    "run_items", "summary_entry", "run_summary", "write_run_summary", "check_inputs",
 ]
