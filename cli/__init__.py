@@ -10,6 +10,7 @@ import sys
 import typer
 
 from . import eval as _eval
+from . import explain as _explain
 from . import models as _models
 from . import segment as _segment
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command("segment", help=_segment.HELP + "\n\n" + EXIT_CODES)(_segment.segment)
+app.command("explain", help=_explain.HELP + "\n\n" + EXIT_CODES)(_explain.explain_command)
 app.command("eval", help=_eval.HELP + "\n\n" + EXIT_CODES)(_eval.eval_command)
 app.command("models", help="List backbones, hosts and proxies, and which weights are cached.")(
     _models.models

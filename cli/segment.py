@@ -90,6 +90,8 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     from fbseg.errors import ConfigError, FbsegError
 
     cl = _class_list(classes, classes_file, background, background_threshold)
+    if compare and not feedback:
+        raise ConfigError("--compare shows what FSA changes; it needs --feedback")
     if masks not in batch.MASK_MODES:
         raise ConfigError(f"unknown --masks {masks!r}; use {' or '.join(batch.MASK_MODES)}")
     scan = batch.collect_inputs(paths, recursive=recursive)
@@ -105,9 +107,10 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                          proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
                          device=dist.device_for(device), precision=precision, show=show)
     settings = dict(short_side=short_side, window=window, stride=stride, logit_scale=logit_scale,
-                    prob_threshold=background_threshold or 0.0)
+                    prob_threshold=background_threshold or 0.0, compare=compare)
     seg.encode_text(cl)  # validates settings-independent work once, before the loop
-    opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs, masks, cl.labels)
+    opts = batch.OutputOptions(output, overlay, opacity, overwrite, save_probs, masks, cl.labels,
+                               compare)
     group = batch_images or (4 if seg.device.type == "cuda" else 1)
     outcomes = [batch.ItemOutcome(batch.InputItem(Path(m), Path(m), m), "failed", f"{m}: no such file")
                 for m in scan.missing] if dist.is_main else []

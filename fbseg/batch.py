@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import InputError, NoInputError, OutputError
 from .io import atomic_write_bytes, read_image
 from .result import SegmentationResult
-from .viz import binary_png, indexed_png, overlay, palette, png_bytes
+from .viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 RUN_SUMMARY = "summary.json"
@@ -107,6 +108,7 @@ class OutputOptions:
     save_probs: bool = False
     masks: str = "indexed"
     class_labels: tuple[str, ...] = ()
+    compare: bool = False  # also the host-only mask and a diff image
 
 
 def label_slug(label: str) -> str:
@@ -122,6 +124,9 @@ def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
         paths["overlay"] = base.parent / (base.name + ".overlay.png")
     if opts.save_probs:
         paths["probs"] = base.parent / (base.name + ".probs.npz")
+    if opts.compare:
+        paths["baseline"] = base.parent / (base.name + ".baseline.png")
+        paths["diff"] = base.parent / (base.name + ".diff.png")
     if opts.masks == "per-class":
         folder = base.parent / (base.name + ".masks")
         for k, label in enumerate(opts.class_labels):
@@ -147,6 +152,10 @@ def render_outputs(result: SegmentationResult, rgb: np.ndarray, item: InputItem,
         np.savez_compressed(buf, probs=result.probs.astype(np.float16),
                             classes=np.array(result.classes))
         out["probs"] = buf.getvalue()
+    if opts.compare and result.baseline_labels is not None:
+        out["baseline"] = indexed_png(result.baseline_labels, colours)
+        out["diff"] = png_bytes(Image.fromarray(disagreement(rgb, result.baseline_labels,
+                                                             result.labels)))
     if opts.masks == "per-class":
         for k in range(len(result.classes)):
             out[f"mask:{k}"] = binary_png(result.labels == k)

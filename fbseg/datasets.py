@@ -49,7 +49,7 @@ class DatasetSpec:
 
     def classes(self) -> ClassList:
         """The reference's class names, one class per line, names split on "; "."""
-        text = resources.files("fbseg.data.names").joinpath(self.names_file).read_text("utf-8")
+        text = resources.files("fbseg").joinpath("data").joinpath("names").joinpath(self.names_file).read_text("utf-8")
         return parse_classes([line for line in text.splitlines() if line.strip()])
 
 

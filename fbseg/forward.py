@@ -57,11 +57,13 @@ def crop_logits(
     lam: float,
     window: int,
     capture: Capture | None = None,
+    also_baseline: bool = False,
 ) -> torch.Tensor:
     """Cosine logits (B, C, rows, cols) on the host grid for crops (B, 3, H, W).
 
     crops are CLIP-normalised and padded; text (C, E) is L2-normalised, one row per name.
-    With ``feedback`` the host's attention A is replaced by FSA's A' (fsa.md steps 1–8).
+    With ``feedback`` the host's attention A is replaced by FSA's A' (fsa.md steps 1–8);
+    ``also_baseline`` appends the host-only logits: (B, 2C, rows, cols), FSA's first.
     """
     x, grid, block = run_to_last_block(model.visual, crops)
     proxy_feats = None
@@ -74,7 +76,8 @@ def crop_logits(
     Av = last.mixed_by_host()
     host_tokens = last.host_output(Av)
     if not feedback:
-        return _cosine_logits(model.visual, host_tokens, text, last.grid)
+        baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
+        return torch.cat([baseline, baseline], dim=1) if also_baseline else baseline
 
     s_host = fsa.class_scores(project(model.visual, host_tokens), text, fsa.HOST_SCALE)
     s_uni = fsa.class_scores(project(model.visual, last.uniform_output()), text, fsa.UNIFORM_SCALE)
@@ -87,4 +90,7 @@ def crop_logits(
         capture.keep = fsa.nucleus_keep(S)
         capture.grid = last.grid
         capture.baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
-    return _cosine_logits(model.visual, tokens, text, last.grid)
+    out = _cosine_logits(model.visual, tokens, text, last.grid)
+    if also_baseline:
+        out = torch.cat([out, _cosine_logits(model.visual, host_tokens, text, last.grid)], dim=1)
+    return out

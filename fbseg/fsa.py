@@ -77,9 +77,16 @@ def ensemble_apply(
     return (fb @ Av + A @ fb_v + fb_v) / 3.0
 
 
+def ensemble_rows(A: torch.Tensor | None, A_fb: torch.Tensor, rows) -> torch.Tensor:
+    """Rows ``rows`` (an index or slice over N) of A' = (A_fb·A + A·A_fb + A_fb) / 3:
+    (B, 1 or h, R, N) — for inspection only; inference uses ``ensemble_apply``."""
+    fb = A_fb.unsqueeze(1)
+    fb_rows = fb[..., rows, :]
+    if A is None:
+        return fb_rows
+    return (fb_rows @ A + A[..., rows, :] @ fb + fb_rows) / 3.0
+
+
 def ensemble_matrix(A: torch.Tensor | None, A_fb: torch.Tensor) -> torch.Tensor:
     """A' itself (B, 1 or h, N, N) — for inspection only; inference uses ``ensemble_apply``."""
-    fb = A_fb.unsqueeze(1)
-    if A is None:
-        return fb
-    return (fb @ A + A @ fb + fb) / 3.0
+    return ensemble_rows(A, A_fb, slice(None))

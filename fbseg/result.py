@@ -34,6 +34,7 @@ class SegmentationResult:
     classes: tuple[str, ...]
     names: tuple[tuple[str, ...], ...]
     meta: dict = field(default_factory=dict)
+    baseline_labels: np.ndarray | None = None  # (H, W) host only (FSA off), when compared
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -50,11 +51,27 @@ class SegmentationResult:
                                     float(self.probs[k].max())))
         return out
 
+    def comparison(self) -> dict | None:
+        """Host only vs FSA: per-class pixel fractions, their change, the changed pixels."""
+        if self.baseline_labels is None:
+            return None
+        K, total = len(self.classes), self.labels.size
+        before = np.bincount(self.baseline_labels.ravel(), minlength=K) / total
+        after = np.bincount(self.labels.ravel(), minlength=K) / total
+        return {
+            "changed_pixel_fraction": float((self.baseline_labels != self.labels).mean()),
+            "classes": [{"class": c, "baseline_fraction": float(b), "feedback_fraction": float(a),
+                         "change": float(a - b)} for c, b, a in zip(self.classes, before, after)],
+        }
+
     def to_json(self) -> dict:
         h, w = self.image_size
-        return {
+        out = {
             "schema_version": 1,
             "image_size": {"height": h, "width": w},
             "classes": [s.to_dict() for s in self.summary()],
             **self.meta,
         }
+        if self.baseline_labels is not None:
+            out["compare"] = self.comparison()
+        return out

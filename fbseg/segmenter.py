@@ -198,16 +198,19 @@ class Segmenter:
         prob_threshold: float = 0.0,
         lam: float | None = None,
         feedback: bool | None = None,
+        compare: bool = False,
     ) -> SegmentationResult:
         """Segment one image (path, PIL image or (H, W, 3) uint8 RGB array).
 
         classes: "a,b; c" or a list (one class per item, ";" between names).
         prob_threshold sends pixels whose top probability is lower to the first class.
-        Returns labels (H, W) and probs (K, H, W) at the input image's size.
+        Returns labels (H, W) and probs (K, H, W) at the input image's size; with
+        ``compare`` also baseline_labels, the host alone (FSA off), from the same pass.
         """
         return self.segment_batch([image], classes, short_side=short_side, window=window,
                                   stride=stride, logit_scale=logit_scale,
-                                  prob_threshold=prob_threshold, lam=lam, feedback=feedback)[0]
+                                  prob_threshold=prob_threshold, lam=lam, feedback=feedback,
+                                  compare=compare)[0]
 
     @torch.inference_mode()
     def segment_batch(
@@ -222,11 +225,13 @@ class Segmenter:
         prob_threshold: float = 0.0,
         lam: float | None = None,
         feedback: bool | None = None,
+        compare: bool = False,
     ) -> list[SegmentationResult]:
         """Segment several images; their windows share batches where crop sizes match.
 
         Equal to calling ``segment`` on each (each window's result depends on that window
         alone). ``images`` may be already ``prepare``d with the same ``short_side``.
+        ``compare`` also gives each result the host-only labels (same pass, no extra forward).
         """
         self._check(window, stride, logit_scale, short_side)
         cl = _as_classes(classes)
@@ -243,7 +248,7 @@ class Segmenter:
 
         def crop_fn(crops: torch.Tensor) -> torch.Tensor:
             return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
-                               window=window)
+                               window=window, also_baseline=compare)
 
         stitched = slide_many([p.tensor.to(self.device, self.dtype) for p in prepared], crop_fn,
                               window=window, stride=stride,
@@ -252,8 +257,15 @@ class Segmenter:
         t2 = time.perf_counter()
         share = (t2 - t1) / len(prepared)
         results = []
+        C = len(cl.flat_names)
         for p, logits in zip(prepared, stitched):
             t3 = time.perf_counter()
+            baseline = None
+            if compare:
+                base_probs = class_probabilities(logits[C:], p.rgb.shape[:2], logit_scale,
+                                                 cl.name_to_class)
+                baseline = labels_from_probs(base_probs, prob_threshold).cpu().numpy().astype(np.int64)
+                logits = logits[:C]
             probs = class_probabilities(logits, p.rgb.shape[:2], logit_scale, cl.name_to_class)
             labels = labels_from_probs(probs, prob_threshold)
             post = time.perf_counter() - t3
@@ -263,8 +275,17 @@ class Segmenter:
                               logit_scale=logit_scale, prob_threshold=prob_threshold)
             results.append(SegmentationResult(
                 labels=labels.cpu().numpy().astype(np.int64), probs=probs.float().cpu().numpy(),
-                classes=cl.labels, names=cl.names, meta=meta))
+                classes=cl.labels, names=cl.names, meta=meta, baseline_labels=baseline))
         return results
+
+    def explain(self, image: ImageLike, classes: ClassList | str | Sequence[str],
+                points: Sequence[tuple[int, int]] | None = None, **settings):
+        """What the model attends to at ``points`` ((x, y) pixels; default: each class's most
+        confident pixel): an ``Explanation`` with the rows of A, A_fb and A', FSA's P, the
+        nucleus cut, and the host-only and FSA masks. Settings as for ``segment``."""
+        from .explain import explain
+
+        return explain(self, image, _as_classes(classes), points, **settings)
 
     def identity(self, feedback: bool | None = None, lam: float | None = None) -> dict:
         """Everything that decides the output besides the image and the settings (for

@@ -187,13 +187,14 @@ def cos_scores(visual, tokens, text, scale):
     return scale * f @ text.T
 
 
-def crop_logits(host: str, visual, crop, text, feedback: bool, lam: float,
-                proxy_feats: torch.Tensor | None = None):
-    """Cosine logits (C, rows, cols) of one crop, by the spec, step by step."""
+def crop_state(host: str, visual, crop, text, lam: float, proxy_feats: torch.Tensor | None = None):
+    """Every step of one crop by the spec: grid, per-head patch attentions (or None), values,
+    CLS terms, the host tokens, P and A_fb."""
     x, grid = last_block_input(visual, crop)
     block = visual.transformer.resblocks[-1]
     residual = host in ("maskclip", "sclip")
     _, _, v = qkv(block, x)
+    full = None
     if host == "proxyclip":
         out_grid = tuple(proxy_feats.shape[-2:])
         A = proxy_attention(proxy_feats.flatten(1))
@@ -209,20 +210,29 @@ def crop_logits(host: str, visual, crop, text, feedback: bool, lam: float,
     mixed = [vh if attn_heads is None else a @ vh + c for a, vh, c in
              zip(attn_heads or [None] * len(vp), vp, cls_terms)]
     tokens = finish(block, x[1:], mixed, residual)
+    s_host = cos_scores(visual, tokens, text, 20.0)
+    mean_heads = [vh.mean(dim=0, keepdim=True).expand_as(vh) for vh in vp]
+    uni = finish(block, x[1:], mean_heads, residual) if residual else \
+        finish(block, None, [m[:1] for m in mean_heads], False)
+    s_uni = cos_scores(visual, uni, text, 35.0)
+    P = torch.softmax(s_host - s_uni, dim=-1)
+    return {"x": x, "block": block, "residual": residual, "grid": out_grid, "vp": vp,
+            "attn_heads": attn_heads, "full": full, "tokens": tokens, "P": P,
+            "A_fb": feedback_attention(P, lam)}
+
+
+def crop_logits(host: str, visual, crop, text, feedback: bool, lam: float,
+                proxy_feats: torch.Tensor | None = None):
+    """Cosine logits (C, rows, cols) of one crop, by the spec, step by step."""
+    st = crop_state(host, visual, crop, text, lam, proxy_feats)
+    tokens = st["tokens"]
     if feedback:
-        s_host = cos_scores(visual, tokens, text, 20.0)
-        mean_heads = [vh.mean(dim=0, keepdim=True).expand_as(vh) for vh in vp]
-        uni = finish(block, x[1:], mean_heads, residual) if residual else \
-            finish(block, None, [m[:1] for m in mean_heads], False)
-        s_uni = cos_scores(visual, uni, text, 35.0)
-        P = torch.softmax(s_host - s_uni, dim=-1)
-        A_fb = feedback_attention(P, lam)
-        mixed = [ensemble(None if attn_heads is None else a, A_fb) @ vh
-                 for a, vh in zip(attn_heads or [None] * len(vp), vp)]
-        tokens = finish(block, x[1:], mixed, residual)
+        heads = st["attn_heads"] or [None] * len(st["vp"])
+        mixed = [ensemble(a, st["A_fb"]) @ vh for a, vh in zip(heads, st["vp"])]
+        tokens = finish(st["block"], st["x"][1:], mixed, st["residual"])
     f = project(visual, tokens)
     f = f / f.norm(dim=-1, keepdim=True)
-    return (f @ text.T).T.reshape(text.shape[0], *out_grid)
+    return (f @ text.T).T.reshape(text.shape[0], *st["grid"])
 
 
 # ---------------------------------------------------------------- the reference's forward_slide

@@ -82,6 +82,17 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity:
     return canvas
 
 
+DIFF_COLOUR = (255, 0, 255)
+
+
+def disagreement(image: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The image dimmed to grey, with the pixels whose label changed in magenta: (H, W, 3)."""
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+    out = np.repeat(0.35 * grey + 100, 3, axis=2)
+    out[before != after] = DIFF_COLOUR
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def binary_png(mask: np.ndarray) -> bytes:
     """A 1-bit PNG of a boolean (H, W) mask: white where true."""
     return png_bytes(Image.fromarray(np.asarray(mask, dtype=bool)).convert("1"))

@@ -1,0 +1,214 @@
+"""What the model attends to at chosen points: rows of A, A_fb and A', FSA's P, the cut.
+
+Coordinates: points are (x, y) pixels of the original image. The image is resized to the
+protocol size (h, w); each sliding window is a box (y1, y2, x1, x2) of that, padded
+(left, right, top, bottom) to the host's multiple, and its host grid (rows, cols) tiles the
+padded crop evenly. A point belongs to every window containing it; the one whose centre is
+nearest is shown. Rows are over that window's N = rows·cols patches; for hosts with several
+heads the A and A' rows shown are the mean over heads (FSA's A_fb is shared by all heads).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fsa
+from .classes import ClassList
+from .errors import ConfigError
+from .forward import Capture, crop_logits
+from .inference import (centred_pad, class_probabilities, labels_from_probs, slide, window_boxes)
+
+MAX_AUTO_POINTS = 6
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One sliding window: its box at the protocol size, padding, grid, and the padded crop's
+    place in original-image pixels (top, left, bottom, right; floats, may pass the border)."""
+
+    box: tuple[int, int, int, int]
+    pad: tuple[int, int, int, int]
+    grid: tuple[int, int]
+    region: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class PointView:
+    """One query point. Maps are (rows, cols) over its window's grid."""
+
+    x: int
+    y: int
+    window: int
+    patch: tuple[int, int]
+    attn: np.ndarray      # host attention row A_i (mean over heads)
+    feedback: np.ndarray  # FSA's feedback attention row A_fb,i
+    final: np.ndarray     # the row of A' = (A_fb·A + A·A_fb + A_fb) / 3 (mean over heads)
+    keep: np.ndarray      # bool: entries the nucleus cut kept in row i of S
+    class_p: np.ndarray   # (K,) FSA's P at the patch, summed over each class's names
+
+
+@dataclass
+class Explanation:
+    """Everything an explain sheet or page shows, as numpy arrays."""
+
+    rgb: np.ndarray                 # (H, W, 3) uint8
+    classes: tuple[str, ...]
+    protocol_size: tuple[int, int]  # (h, w)
+    windows: list[WindowView]
+    points: list[PointView]
+    baseline_labels: np.ndarray     # (H, W): the host alone
+    feedback_labels: np.ndarray     # (H, W): with FSA
+    class_p: np.ndarray             # (K, H, W): FSA's P per class, stitched over windows
+    _captures: list[Capture] = field(default_factory=list, repr=False)
+    _name_to_class: list[int] = field(default_factory=list, repr=False)
+
+    def rows(self, window: int, patches: Sequence[int]) -> dict[str, np.ndarray]:
+        """Rows of A, A_fb, A' (R, N) and the cut (R, N) for patch indices of one window."""
+        cap = self._captures[window]
+        idx = torch.as_tensor(list(patches), dtype=torch.long)
+        fb = cap.feedback[0].float()
+        A = None if cap.attn is None else cap.attn[0:1].float()
+        final = fsa.ensemble_rows(A, fb[None], idx)[0].mean(0)
+        if A is None:
+            attn = F.one_hot(idx, fb.shape[-1]).float()
+        else:
+            attn = A[0][:, idx, :].mean(0)
+        return {"attn": attn.numpy(), "feedback": fb[idx].numpy(), "final": final.numpy(),
+                "keep": cap.keep[0][idx].numpy()}
+
+    def window_p(self, window: int) -> np.ndarray:
+        """(N, K) FSA's P of one window, summed over each class's names."""
+        return _per_class(self._captures[window].P[0].float(), self._name_to_class).numpy()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every panel's data, flat, for ``np.savez``."""
+        out = {"image": self.rgb, "classes": np.array(self.classes),
+               "baseline_labels": self.baseline_labels, "feedback_labels": self.feedback_labels,
+               "class_p": self.class_p.astype(np.float32),
+               "points_xy": np.array([(p.x, p.y) for p in self.points], dtype=np.int64).reshape(-1, 2)}
+        for i, p in enumerate(self.points):
+            for name in ("attn", "feedback", "final", "keep", "class_p"):
+                out[f"point{i}_{name}"] = getattr(p, name)
+            out[f"point{i}_window_box"] = np.array(self.windows[p.window].box)
+            out[f"point{i}_patch"] = np.array(p.patch)
+        return out
+
+
+def _per_class(P: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
+    """(N, C names) → (N, K classes): the probability mass of each class's names."""
+    K = max(name_to_class) + 1
+    index = torch.as_tensor(list(name_to_class), dtype=torch.long)
+    return torch.zeros(P.shape[0], K, dtype=P.dtype).index_add_(1, index, P)
+
+
+def to_protocol(x: int, y: int, image_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """Original pixel (x, y) → the protocol-size pixel (row, col) whose area holds its centre."""
+    (H, W), (h, w) = image_hw, size
+    return min(int((y + 0.5) * h / H), h - 1), min(int((x + 0.5) * w / W), w - 1)
+
+
+def pick_window(boxes: Sequence[tuple[int, int, int, int]], py: int, px: int) -> int:
+    """Index of the window containing (py, px) whose centre is nearest (first on ties)."""
+    best, best_d = -1, float("inf")
+    for i, (y1, y2, x1, x2) in enumerate(boxes):
+        if y1 <= py < y2 and x1 <= px < x2:
+            d = ((y1 + y2) / 2 - py - 0.5) ** 2 + ((x1 + x2) / 2 - px - 0.5) ** 2
+            if d < best_d:
+                best, best_d = i, d
+    if best < 0:
+        raise ValueError(f"no window contains ({py}, {px})")
+    return best
+
+
+def patch_of(py: int, px: int, box: tuple[int, int, int, int], pad: tuple[int, int, int, int],
+             grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid cell (row, col) of a protocol pixel inside a window: the grid tiles the
+    padded crop evenly, as the bilinear upsampling of the logits assumes."""
+    y1, y2, x1, x2 = box
+    left, right, top, bottom = pad
+    hp, wp = y2 - y1 + top + bottom, x2 - x1 + left + right
+    cy, cx = py - y1 + top, px - x1 + left
+    return min(cy * grid[0] // hp, grid[0] - 1), min(cx * grid[1] // wp, grid[1] - 1)
+
+
+def auto_points(probs: np.ndarray, labels: np.ndarray, limit: int = MAX_AUTO_POINTS) -> list[tuple[int, int]]:
+    """For the largest classes present: the pixel (x, y) where that class is most confident
+    among the pixels labelled with it."""
+    counts = np.bincount(labels.ravel(), minlength=probs.shape[0])
+    points = []
+    for k in np.argsort(-counts, kind="stable")[:limit]:
+        if counts[k] == 0:
+            break
+        masked = np.where(labels == k, probs[k], -1.0)
+        y, x = np.unravel_index(int(np.argmax(masked)), masked.shape)
+        points.append((int(x), int(y)))
+    return points
+
+
+@torch.inference_mode()
+def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, int]] | None = None, *,
+            short_side: int | None = 336, window: int = 336, stride: int = 112,
+            logit_scale: float = 40.0, prob_threshold: float = 0.0,
+            lam: float | None = None) -> Explanation:
+    """Run FSA once over every window, keeping what each window computed, and read off the
+    rows at ``points`` (default: ``auto_points``)."""
+    segmenter._check(window, stride, logit_scale, short_side)
+    prepared = segmenter.prepare(image, short_side)
+    rgb, img = prepared.rgb, prepared.tensor.to(segmenter.device, segmenter.dtype)
+    H, W = rgb.shape[:2]
+    for x, y in points or []:
+        if not (0 <= x < W and 0 <= y < H):
+            raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
+    text = segmenter.encode_text(classes).to(segmenter.dtype)
+    lam_value = segmenter.lam if lam is None else float(lam)
+    C = text.shape[0]
+    captures: list[Capture] = []
+
+    def crop_fn(crops: torch.Tensor) -> torch.Tensor:
+        cap = Capture()
+        logits = crop_logits(segmenter.crop_model, crops, text, feedback=True, lam=lam_value,
+                             window=window, capture=cap)
+        captures.append(cap)
+        P = cap.P.transpose(1, 2).reshape(crops.shape[0], C, *cap.grid).to(logits.dtype)
+        return torch.cat([logits, cap.baseline, P], dim=1)
+
+    pad_multiple = segmenter.host.pad_multiple or segmenter.patch
+    stitched = slide(img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
+                     batch_size=1).float()
+    fb_probs = class_probabilities(stitched[:C], (H, W), logit_scale, classes.name_to_class)
+    base_probs = class_probabilities(stitched[C:2 * C], (H, W), logit_scale, classes.name_to_class)
+    P_map = F.interpolate(stitched[None, 2 * C:], size=(H, W), mode="bilinear", align_corners=False)[0]
+    class_p = _per_class(P_map.flatten(1).T, classes.name_to_class).T.reshape(-1, H, W)
+    feedback_labels = labels_from_probs(fb_probs, prob_threshold).numpy()
+    baseline_labels = labels_from_probs(base_probs, prob_threshold).numpy()
+
+    h, w = img.shape[1:]
+    boxes = window_boxes(h, w, window, stride)
+    views = []
+    for box, cap in zip(boxes, captures):
+        pad = centred_pad(box[1] - box[0], box[3] - box[2], pad_multiple)
+        sy, sx = H / h, W / w
+        region = ((box[0] - pad[2]) * sy, (box[2] - pad[0]) * sx,
+                  (box[1] + pad[3]) * sy, (box[3] + pad[1]) * sx)
+        views.append(WindowView(box, pad, cap.grid, region))
+    exp = Explanation(rgb, classes.labels, (h, w), views, [], baseline_labels.astype(np.int64),
+                      feedback_labels.astype(np.int64), class_p.numpy().astype(np.float32),
+                      captures, list(classes.name_to_class))
+    chosen = list(points) if points else auto_points(fb_probs.numpy(), feedback_labels)
+    for x, y in chosen:
+        py, px = to_protocol(x, y, (H, W), (h, w))
+        wi = pick_window(boxes, py, px)
+        view = views[wi]
+        r, c = patch_of(py, px, view.box, view.pad, view.grid)
+        i = r * view.grid[1] + c
+        rows = exp.rows(wi, [i])
+        grid = view.grid
+        exp.points.append(PointView(
+            x, y, wi, (r, c), rows["attn"][0].reshape(grid), rows["feedback"][0].reshape(grid),
+            rows["final"][0].reshape(grid), rows["keep"][0].reshape(grid),
+            exp.window_p(wi)[i]))
+    return exp
