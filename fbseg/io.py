@@ -11,6 +11,13 @@ from PIL import Image, ImageOps
 
 from .errors import InputError, OutputError
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
 MAX_PIXELS = 100_000_000  # a clear limit instead of a decompression bomb
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -91,6 +98,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, FILE_MODE)
         if overwrite:
             os.replace(tmp, path)
         else:

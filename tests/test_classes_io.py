@@ -82,3 +82,16 @@ def test_atomic_write_never_overwrites_without_asking(tmp_path):
     assert p.read_bytes() == b"one"
     atomic_write_bytes(p, b"two", overwrite=True)
     assert p.read_bytes() == b"two" and [x.name for x in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from fbseg.io import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    mode = stat.S_IMODE((tmp_path / "a.bin").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -142,13 +142,13 @@ def explain_sheet(exp, title: str = "") -> Image.Image:
 
     for j, p in enumerate(exp.points):
         region = exp.windows[p.window].region
-        vmax = float(max(p.attn.max(), p.feedback.max(), p.final.max(), 1e-6))
         panels = []
         for name, grid_map in (("A (host)", p.attn), ("A_fb (feedback)", p.feedback), ("A' (final)", p.final)):
+            vmax = float(max(grid_map.max(), 1e-12))  # each map on its own scale, with its bar
             heat = heat_over_image(exp.rgb, grid_map, region, size, vmax)
             _mark(heat, ((p.x + 0.5) * sx, (p.y + 0.5) * sy), POINT_COLOURS[j % len(POINT_COLOURS)], "")
             panels.append((f"{j + 1}: {name} row", heat))
-        panels.append(("scale", colour_bar(size[0], vmax)))
+            panels.append(("", colour_bar(size[0], vmax)))
         keep_img = heat_over_image(exp.rgb, p.keep.astype(np.float32), region, size, 1.0)
         panels.append((f"cut: kept {int(p.keep.sum())}/{p.keep.size}", keep_img))
         panels.append((f"P at ({p.x},{p.y})", _bars(p.class_p, exp.classes, colours, size[0])))
