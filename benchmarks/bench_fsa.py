@@ -1,7 +1,11 @@
 """FSA step alone: the reference form vs fbseg, time and peak memory per cell.
 
-Each cell runs in its own subprocess (peak RSS of that process; CUDA: max_memory_allocated).
-Random inputs; the numbers measure cost, not quality.
+Each cell runs in its own subprocess: peak RSS of that process above what it held once the
+inputs existed and both forms had run once on a 16-patch input (so library start-up is not
+counted); CUDA: max_memory_allocated. Time and memory come from separate runs: memory with
+glibc's mmap threshold fixed at its starting value (MALLOC_MMAP_THRESHOLD_=131072, for both
+forms), so a freed buffer is returned instead of kept by the dynamic threshold, which makes
+the peak reproducible but the run slower. Random inputs: the numbers measure cost, not quality.
 
     python benchmarks/bench_fsa.py [--device cpu] [--cap-gb 16] [--json out.json]
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -47,17 +52,21 @@ def fbseg_form(P, A, v, lam):
     return fsa.ensemble_apply(A, fsa.feedback_attention(P, lam), v)
 
 
-def run_cell(form: str, N: int, C: int, device: str) -> dict:
+def run_cell(form: str, N: int, C: int, device: str, repeats: int) -> dict:
     torch.manual_seed(0)
     P = torch.softmax(3 * torch.randn(1, N, C), -1).to(device)
     A = torch.softmax(torch.randn(1, 1, N, N), -1).to(device)
     v = torch.randn(1, HEADS, N, HEAD_DIM).to(device)
     fn = reference_form if form == "reference" else fbseg_form
+    with torch.inference_mode():  # library start-up (thread pools, BLAS buffers) is not the step's
+        fn(torch.softmax(torch.randn(1, 16, C), -1).to(device),
+           torch.softmax(torch.randn(1, 1, 16, 16), -1).to(device),
+           torch.randn(1, HEADS, 16, HEAD_DIM).to(device), 3.0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(3 if N <= 1764 else 1):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.inference_mode():
             fn(P, A, v, 3.0)
@@ -71,6 +80,14 @@ def run_cell(form: str, N: int, C: int, device: str) -> dict:
     return {"form": form, "N": N, "C": C, "seconds": min(times), "peak_mb": peak}
 
 
+def _subprocess_cell(device: str, form: str, N: int, C: int, repeats: int, env: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--device", device, "--cell", form, str(N), str(C),
+                          str(repeats)], capture_output=True, text=True, env={**os.environ, **env})
+    if out.returncode != 0:
+        return {"form": form, "N": N, "C": C, "skipped": out.stderr.strip().splitlines()[-1][:60]}
+    return json.loads(out.stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -78,10 +95,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     ap.add_argument("--classes", type=int, nargs="+", default=CLASSES)
-    ap.add_argument("--cell", nargs=3, metavar=("FORM", "N", "C"))
+    ap.add_argument("--cell", nargs=4, metavar=("FORM", "N", "C", "REPEATS"))
     args = ap.parse_args()
     if args.cell:
-        print(json.dumps(run_cell(args.cell[0], int(args.cell[1]), int(args.cell[2]), args.device)))
+        form, N, C, repeats = args.cell
+        print(json.dumps(run_cell(form, int(N), int(C), args.device, int(repeats))))
         return
     rows = []
     print("FSA step, random inputs (timing only), device", args.device, f"h={HEADS}")
@@ -94,10 +112,12 @@ def main() -> None:
                 if need_gb > args.cap_gb:
                     cells[form] = {"form": form, "N": N, "C": C, "skipped": f"needs ~{need_gb:.0f} GB"}
                     continue
-                out = subprocess.run([sys.executable, __file__, "--device", args.device, "--cell",
-                                      form, str(N), str(C)], capture_output=True, text=True)
-                cells[form] = json.loads(out.stdout) if out.returncode == 0 else {
-                    "form": form, "N": N, "C": C, "skipped": out.stderr.strip().splitlines()[-1][:60]}
+                timed = _subprocess_cell(args.device, form, N, C, 3 if N <= 1764 else 1, {})
+                if "skipped" in timed:
+                    cells[form] = timed
+                    continue
+                sized = _subprocess_cell(args.device, form, N, C, 1, {"MALLOC_MMAP_THRESHOLD_": "131072"})
+                cells[form] = {**timed, "peak_mb": sized.get("peak_mb", float("nan"))}
             r, f = cells["reference"], cells["fbseg"]
             if "skipped" in r:
                 print(f"{N:>5} {C:>4} | {'skipped: ' + r['skipped']:>20} | {f['seconds']:>8.3f} {f['peak_mb']:>7.0f} |")

@@ -82,12 +82,11 @@ def crop_logits(
     s_host = fsa.class_scores(project(model.visual, host_tokens), text, fsa.HOST_SCALE)
     s_uni = fsa.class_scores(project(model.visual, last.uniform_output()), text, fsa.UNIFORM_SCALE)
     P = fsa.feedback_distribution(s_host, s_uni)
-    S = fsa.kl_affinity(P)
-    A_fb = fsa.attention_from_affinity(S, lam)
+    A_fb = fsa.feedback_attention(P, lam)
     tokens = last.finish(fsa.ensemble_apply(last.attn, A_fb, last.v, Av))
     if capture is not None:
         capture.attn, capture.feedback, capture.P = last.attn, A_fb, P
-        capture.keep = fsa.nucleus_keep(S)
+        capture.keep = fsa.nucleus_keep(fsa.kl_affinity(P))
         capture.grid = last.grid
         capture.baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
     out = _cosine_logits(model.visual, tokens, text, last.grid)

@@ -24,6 +24,15 @@ def feedback_distribution(s_host: torch.Tensor, s_uni: torch.Tensor) -> torch.Te
     return torch.softmax(s_host - s_uni, dim=-1)
 
 
+ROW_CHUNK = 64
+
+
+def _affinity_rows(P_rows: torch.Tensor, log_p: torch.Tensor, entropy_rows: torch.Tensor) -> torch.Tensor:
+    """S for some rows: P_rows (B, R, C), log_p (B, N, C), entropy_rows (B, R, 1) → (B, R, N)."""
+    kl = entropy_rows - P_rows @ log_p.transpose(-1, -2)
+    return 1.0 / (1.0 + kl.clamp_min(0.0))
+
+
 def kl_affinity(P: torch.Tensor) -> torch.Tensor:
     """S_ij = 1 / (1 + max(KL(P_i ‖ P_j), 0)) for P (B, N, C) → (B, N, N).
 
@@ -31,9 +40,7 @@ def kl_affinity(P: torch.Tensor) -> torch.Tensor:
     O(N²) memory instead of the reference's N×N×C tensor; same numbers to float rounding.
     """
     log_p = torch.log(P + LOG_EPS)
-    entropy_term = (P * log_p).sum(dim=-1, keepdim=True)  # (B, N, 1)
-    kl = entropy_term - P @ log_p.transpose(-1, -2)
-    return 1.0 / (1.0 + kl.clamp_min(0.0))
+    return _affinity_rows(P, log_p, (P * log_p).sum(dim=-1, keepdim=True))
 
 
 def nucleus_keep(S: torch.Tensor, p: float = NUCLEUS_P) -> torch.Tensor:
@@ -52,9 +59,22 @@ def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -
     return torch.softmax(weights, dim=-1)
 
 
-def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P) -> torch.Tensor:
-    """A_fb (B, N, N) from the class distribution P (B, N, C). Rows sum to 1."""
-    return attention_from_affinity(kl_affinity(P), lam, p)
+def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P,
+                       row_chunk: int = ROW_CHUNK) -> torch.Tensor:
+    """A_fb (B, N, N) from the class distribution P (B, N, C). Rows sum to 1.
+
+    A row of A_fb depends on its row of S alone, so rows are computed ``row_chunk`` at a
+    time: peak memory is the output plus one chunk's temporaries, not ~8 N×N arrays.
+    """
+    B, N, _ = P.shape
+    log_p = torch.log(P + LOG_EPS)
+    entropy = (P * log_p).sum(dim=-1, keepdim=True)
+    out = torch.empty((B, N, N), dtype=P.dtype, device=P.device)
+    for start in range(0, N, row_chunk):
+        rows = slice(start, start + row_chunk)
+        out[:, rows] = attention_from_affinity(_affinity_rows(P[:, rows], log_p, entropy[:, rows]),
+                                               lam, p)
+    return out
 
 
 def ensemble_apply(
@@ -67,11 +87,24 @@ def ensemble_apply(
 
     A: (B, 1 or h, N, N) host attention, None for the identity (then A' = A_fb);
     A_fb: (B, N, N); v: (B, h, N, d); Av: A·v if already computed. Returns (B, h, N, d).
+    When A is shared by the heads (B, 1, N, N), the heads ride along as columns of one
+    (N, h·d) matrix and the sum is accumulated in place: three N×N products, no N×N
+    temporaries, four (N, h·d) buffers at most.
     """
+    B, h, N, d = v.shape
+    if A is None:
+        return (A_fb.unsqueeze(1) @ v)
+    if A.shape[1] == 1:
+        cols = v.transpose(1, 2).reshape(B, N, h * d)
+        fb_v = torch.bmm(A_fb, cols)
+        Av_cols = torch.bmm(A[:, 0], cols) if Av is None else Av.transpose(1, 2).reshape(B, N, h * d)
+        del cols
+        out = torch.bmm(A_fb, Av_cols)
+        del Av_cols
+        out.baddbmm_(A[:, 0], fb_v).add_(fb_v).div_(3.0)
+        return out.reshape(B, N, h, d).transpose(1, 2)
     fb = A_fb.unsqueeze(1)
     fb_v = fb @ v
-    if A is None:
-        return fb_v
     if Av is None:
         Av = A @ v
     return (fb @ Av + A @ fb_v + fb_v) / 3.0
