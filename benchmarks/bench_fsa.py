@@ -20,7 +20,8 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
+
+import reference_form as reference
 
 SIZES = [441, 576, 1764, 4096]
 CLASSES = [21, 171, 847]
@@ -29,21 +30,7 @@ HEADS, HEAD_DIM = 12, 64
 
 def reference_form(P, A, v, lam):
     """As the reference code does it: N×N×C KL, per-head dense ensemble products."""
-    logp = torch.log(P + 1e-10)
-    kl = torch.sum(P.unsqueeze(2) * (logp.unsqueeze(2) - logp.unsqueeze(1)), dim=3).clamp(min=0)
-    sim = 1 / (kl + 1.0)
-    s, idx = torch.sort(sim, descending=True, dim=-1)
-    mask = torch.cumsum(F.softmax(s, dim=-1), dim=-1) <= 0.45
-    mask[..., 0] = True
-    s = s.masked_fill(~mask, float("-inf"))
-    pruned = torch.empty_like(s).scatter_(-1, idx, s)
-    inf = pruned == float("-inf")
-    w = pruned * torch.exp(lam * pruned)
-    w[inf] = float("-inf")
-    A_fb = F.softmax(w.unsqueeze(1).repeat(1, HEADS, 1, 1).flatten(0, 1), dim=-1)
-    A_h = A.repeat(1, HEADS, 1, 1).flatten(0, 1)
-    ens = (torch.bmm(A_fb, A_h) + torch.bmm(A_h, A_fb) + A_fb) / 3.0
-    return torch.bmm(ens, v.flatten(0, 1))
+    return reference.ensemble_apply(A, reference.feedback_attention(P, lam), v)
 
 
 def fbseg_form(P, A, v, lam):

@@ -18,3 +18,16 @@ def fail(message: str, code: int) -> "NoReturn":  # noqa: F821
 def stdout_line(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def run_guarded(body, options: dict) -> None:
+    """Run a command's body; an expected error becomes one red line and its exit code
+    (a traceback only with --debug)."""
+    from fbseg.errors import FbsegError
+
+    try:
+        body(**options)
+    except FbsegError as exc:
+        if options.get("debug"):
+            raise
+        fail(exc.one_line(), exc.exit_code)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail, stdout_line
+from ._console import err, fail, run_guarded, stdout_line
 from ._options import (O, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt, ModelOpt,
                        PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
                        load_segmenter)
@@ -37,15 +37,7 @@ def eval_command(
     precision: PrecisionOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    options = dict(locals())
-    from fbseg.errors import FbsegError
-
-    try:
-        _run(**options)
-    except FbsegError as exc:
-        if debug:
-            raise
-        fail(exc.one_line(), exc.exit_code)
+    run_guarded(_run, dict(locals()))
 
 
 def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_checkpoint, feedback,

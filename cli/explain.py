@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail
+from ._console import err, run_guarded
 from ._options import (O, W, CheckpointOpt, DebugOpt, DeviceOpt, HostOpt, LamOpt, ModelOpt,
                        PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
                        load_segmenter)
@@ -53,15 +53,7 @@ def explain_command(
     precision: PrecisionOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    options = dict(locals())
-    from fbseg.errors import FbsegError
-
-    try:
-        _run(**options)
-    except FbsegError as exc:
-        if debug:
-            raise
-        fail(exc.one_line(), exc.exit_code)
+    run_guarded(_run, dict(locals()))
 
 
 def _run(*, image, classes, classes_file, at, model, pretrained, checkpoint, host, proxy,

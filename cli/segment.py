@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail, stdout_line
+from ._console import err, fail, run_guarded, stdout_line
 from ._options import (M, O, P, W, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt,
                        ModelOpt, PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
                        load_segmenter)
@@ -57,15 +57,7 @@ def segment(
     batch_images: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).", rich_help_panel=P)] = None,
     debug: DebugOpt = False,
 ) -> None:
-    options = dict(locals())
-    from fbseg.errors import FbsegError
-
-    try:
-        _run(**options)
-    except FbsegError as exc:
-        if debug:
-            raise
-        fail(exc.one_line(), exc.exit_code)
+    run_guarded(_run, dict(locals()))
 
 
 def _class_list(classes, classes_file, background, background_threshold):

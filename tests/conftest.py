@@ -94,3 +94,19 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     small = torch.rand(1, 3, max(2, h // 40), max(2, w // 40), generator=g)
     big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
     return (big[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> dict:
+    """Make ``owner.name`` raise KeyboardInterrupt on its n-th call (as Ctrl-C would);
+    returns the call counter."""
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def wrapper(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import ASSETS, TINY, random_image
+from conftest import ASSETS, TINY, interrupt_on_call, random_image
 from fbseg_cli import app
 
 FAST = ["--model", TINY, "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32"]
@@ -195,15 +195,7 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
     for i in range(5):
         Image.fromarray(random_image(40, 40, seed=i)).save(src / f"im{i}.png")
     real = Segmenter.segment_batch
-    calls = {"n": 0}
-
-    def stop_on_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Segmenter, "segment_batch", stop_on_third)
+    interrupt_on_call(monkeypatch, Segmenter, "segment_batch", 3)
     args = ["segment", str(src), "-c", "a,b", "-o", str(tmp_path / "out"), *fast]
     r = run(args)
     assert r.exit_code == 130 and "2 of 5 images done" in r.stderr

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY, random_image
+from conftest import TINY, interrupt_on_call, random_image
 from fbseg.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
 from fbseg.errors import InputError
 from fbseg.metrics import area_counts, scores_from_counts
@@ -161,16 +161,7 @@ def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):
     from fbseg.segmenter import Segmenter
 
     make_dataset("context59", tmp_path / "data", n=4)
-    real = Segmenter.segment_batch
-    calls = {"n": 0}
-
-    def stop_on_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Segmenter, "segment_batch", stop_on_third)
+    calls = interrupt_on_call(monkeypatch, Segmenter, "segment_batch", 3)
     args = _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w", "context59")
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 130 and "2 of 4 images scored" in r.stderr

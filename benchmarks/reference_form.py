@@ -1,0 +1,36 @@
+"""The FSA step as the reference code computes it (for timing comparisons only).
+
+N×N×C KL tensor, sort-based pruning on the full matrix, A_fb repeated per head, and the
+ensemble formed densely per head before it meets v.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def feedback_attention(P: torch.Tensor, lam: float, p: float = 0.45) -> torch.Tensor:
+    """A_fb (B, N, N) from P (B, N, C) through the dense (B, N, N, C) KL."""
+    logp = torch.log(P + 1e-10)
+    kl = torch.sum(P.unsqueeze(2) * (logp.unsqueeze(2) - logp.unsqueeze(1)), dim=3).clamp(min=0)
+    sim = 1 / (kl + 1.0)
+    s, idx = torch.sort(sim, descending=True, dim=-1)
+    mask = torch.cumsum(F.softmax(s, dim=-1), dim=-1) <= p
+    mask[..., 0] = True
+    s = s.masked_fill(~mask, float("-inf"))
+    pruned = torch.empty_like(s).scatter_(-1, idx, s)
+    inf = pruned == float("-inf")
+    w = pruned * torch.exp(lam * pruned)
+    w[inf] = float("-inf")
+    return F.softmax(w, dim=-1)
+
+
+def ensemble_apply(A, A_fb: torch.Tensor, v: torch.Tensor, Av=None) -> torch.Tensor:
+    """(A_fb·A + A·A_fb + A_fb)/3 formed per head as N×N products, then applied to v."""
+    B, h, N, d = v.shape
+    fb = A_fb.unsqueeze(1).repeat(1, h, 1, 1).flatten(0, 1)
+    if A is None:
+        return torch.bmm(fb, v.flatten(0, 1)).view(B, h, N, d)
+    A_h = A.expand(B, h, N, N).flatten(0, 1)
+    ens = (torch.bmm(fb, A_h) + torch.bmm(A_h, fb) + fb) / 3.0
+    return torch.bmm(ens, v.flatten(0, 1)).view(B, h, N, d)
