@@ -210,12 +210,14 @@ def main() -> None:
                 r["configuration"] = name
                 rows.append(r)
                 base = next(x for x in rows if x["host"] == host and x["configuration"] == "host only")
-                same = (labels[name] == labels.get("fbseg + FSA", labels[name])).mean()
+                same = None
+                if reference:  # the same output as fbseg's FSA path?
+                    same = float((labels[name] == labels["fbseg + FSA"]).mean())
+                    r["label_agreement_with_fbseg"] = same
                 print(f"{host if first else '':<10} {name:<22} {r['text_s']:>8.2f} "
                       f"{'hit' if r['text_cache_hit'] else 'miss':>6} {r['segment_s']:>10.2f} "
                       f"{r['peak_rss_mb']:>12.0f} {r['segment_s'] / base['segment_s']:>7.2f}x "
-                      f"{100 * same:>13.2f}%")
-                r["label_agreement_with_fbseg"] = float(same)
+                      + (f"{100 * same:>13.2f}%" if same is not None else f"{'':>14}"))
                 first = False
             fb = next(x for x in rows if x["host"] == host and x["configuration"] == "fbseg + FSA")
             ref = next(x for x in rows if x["host"] == host and x["configuration"] == "reference form + FSA")

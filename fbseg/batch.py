@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, NoInputError, OutputError
-from .io import atomic_write_bytes, read_image
+from .io import atomic_write_bytes, read_image, remove_stale_temporaries
 from .result import SegmentationResult
 from .viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
 
@@ -163,8 +163,11 @@ def render_outputs(result: SegmentationResult, rgb: np.ndarray, item: InputItem,
 
 
 def write_outputs(files: dict[str, bytes], paths: dict[str, Path], overwrite: bool) -> None:
-    """Write each file atomically; the JSON last, so its presence means the image is done."""
+    """Write each file atomically; the JSON last, so its presence means the image is done.
+    Temporaries a killed run left for these names are removed first; a file that a killed
+    run did finish holds the same bytes and counts as written."""
     for kind in sorted(files, key=lambda k: k == "json"):
+        remove_stale_temporaries(paths[kind])
         atomic_write_bytes(paths[kind], files[kind], overwrite=overwrite)
 
 

@@ -1,6 +1,7 @@
 """Reading images (any mode, EXIF orientation, size limit) and writing files atomically."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -83,11 +84,50 @@ def read_image(source: ImageLike) -> np.ndarray:
     return np.asarray(rgb)
 
 
+def _same_content(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete ``.NAME.*.tmp`` files beside ``path`` that a killed writer left behind."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def _link_or_rename(tmp: str, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (FileExistsError).
+
+    A hard link refuses an existing target atomically; on file systems without hard links
+    (FAT, some network shares) the target is checked, then the file renamed.
+    """
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> None:
     """Write to a temporary file beside ``path`` and rename it into place.
 
     A crash never leaves a partial file under the final name; without ``overwrite`` an
-    existing file is never replaced.
+    existing file is never replaced (one with exactly these bytes counts as written).
     """
     path = Path(path)
     try:
@@ -102,10 +142,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails if the target exists, so nothing is overwritten
-            os.unlink(tmp)
+            _link_or_rename(tmp, path)
     except FileExistsError:
         os.unlink(tmp)
+        if _same_content(path, data):
+            return  # left by an interrupted run of the same work: nothing to replace
         raise OutputError(f"{path}: exists (use --overwrite)") from None
     except OSError as exc:
         if os.path.exists(tmp):

@@ -126,7 +126,7 @@ class Segmenter:
         reference configuration, ViT-B-16/openai + DINO ViT-B/8 ProxyCLIP + FSA."""
         host_obj = get_host(host)
         spec = PROXIES.get(proxy) if host_obj.uses_proxy else None
-        resolve_device(device)
+        resolve_precision(precision, resolve_device(device))  # bad settings fail before loading
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)

@@ -176,3 +176,16 @@ def test_a_user_file_in_the_way_is_never_overwritten(tmp_path, fast):
     assert (tmp_path / "cat.mask.png").read_bytes() == b"my own file"
     assert not (tmp_path / "cat.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_run_leaves_nothing_a_resume_trusts_or_trips_on(tmp_path, fast):
+    """A writer killed between files leaves a mask without its JSON and a temporary: the
+    rerun finishes the image (same bytes are not a conflict) and clears the temporary."""
+    args = ["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug", "-o", str(tmp_path), *fast]
+    assert run(args).exit_code == 0
+    (tmp_path / "cat.json").unlink()
+    (tmp_path / ".cat.json.abc123.tmp").write_text('{"partial')
+    r = run(args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "cat.json").read_text())["classes"][0]["class"] == "cat"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -95,3 +95,22 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_atomic_write_without_hard_links_still_refuses_to_overwrite(tmp_path, monkeypatch):
+    import errno
+
+    import fbseg.io
+    from fbseg.errors import OutputError
+    from fbseg.io import atomic_write_bytes
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # what vfat answers
+
+    monkeypatch.setattr(fbseg.io.os, "link", no_links)
+    atomic_write_bytes(tmp_path / "a.txt", b"first")
+    assert (tmp_path / "a.txt").read_bytes() == b"first"
+    with pytest.raises(OutputError, match="exists"):
+        atomic_write_bytes(tmp_path / "a.txt", b"second")
+    assert (tmp_path / "a.txt").read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -129,6 +129,8 @@ def test_same_stem_inputs_keep_their_suffix(tmp_path, fast):
     (["-c", "cat", "--background-threshold", "0.2"], 2, "needs --background"),
     (["-c", "cat", "--host", "naclipp"], 2, "did you mean naclip"),
     (["-c", "cat", "--model", "ViT-B-61"], 2, "unknown model"),
+    (["-c", "cat", "--precision", "fp8"], 2, "unknown precision"),
+    (["-c", "cat", "--compare", "--no-feedback"], 2, "needs --feedback"),
 ])
 def test_usage_errors(tmp_path, fast, args, code, text):
     r = run(["segment", str(ASSETS / "cat.jpg"), "-o", str(tmp_path), *fast, *args])

@@ -16,8 +16,8 @@ from test_eval import make_dataset
 ENTRY = Path(__file__).parent / "dist_entry.py"
 
 
-def _launch(nproc: int, args: list[str], tmp_path: Path, port: int):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+def _launch(nproc: int, args: list[str], tmp_path: Path, port: int, **env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent), **env_extra)
     if nproc == 1:
         cmd = [sys.executable, str(ENTRY), *args]
     else:
@@ -58,6 +58,26 @@ def test_two_processes_segment_like_one(tmp_path, tiny_ckpt):
     again = _launch(2, common + ["-o", str(tmp_path / "two")], tmp_path, 29613)
     s3 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert (s3["done"], s3["skipped"], s3["failed"]) == (0, 5, 1), again.stderr
+
+
+def test_a_dying_rank_fails_the_run_and_a_rerun_resumes(tmp_path, tiny_ckpt):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(random_image(40, 40, seed=i)).save(src / f"im{i}.png")
+    args = ["segment", str(src), "-c", "a,b", "--model", TINY, "--checkpoint", str(tiny_ckpt),
+            "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32", "-q",
+            "-o", str(tmp_path / "out")]
+    crashed = _launch(2, args, tmp_path, 29631, FBSEG_TEST_KILL_RANK="1")
+    assert crashed.returncode != 0 and "FAILED" in crashed.stderr  # torchrun names the dead rank
+    written = {p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json"}
+    assert "im3.json" not in written and "im5.json" not in written  # rank 1 died on its 2nd image
+    again = _launch(2, args, tmp_path, 29632)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["skipped"] == len(written) and summary["done"] == 6 - len(written)
+    assert sorted(i["input"] for i in summary["images"]) == sorted(str(src / f"im{i}.png") for i in range(6))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no stale temporaries
 
 
 def test_two_processes_evaluate_like_one(tmp_path, tiny_ckpt):
