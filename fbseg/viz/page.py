@@ -128,9 +128,10 @@ canvas{border:1px solid #ccc;image-rendering:pixelated}
 <figure><figcaption>P at the point</figcaption><div id="bars"></div></figure>
 </div>
 <div class="row">
-<figure><figcaption>A (host) row</figcaption><canvas id="attn"></canvas></figure>
-<figure><figcaption>A_fb (feedback) row</figcaption><canvas id="feedback"></canvas></figure>
-<figure><figcaption>A' (final) row</figcaption><canvas id="final"></canvas></figure>
+<figure><figcaption>A (host) row <span id="attn-max"></span></figcaption><canvas id="attn"></canvas></figure>
+<figure><figcaption>A_fb (feedback) row <span id="feedback-max"></span></figcaption><canvas id="feedback"></canvas></figure>
+<figure><figcaption>A' (final) row <span id="final-max"></span></figcaption><canvas id="final"></canvas></figure>
+<div>Each row is coloured from 0 (dark) to its own maximum (yellow), given beside its name.</div>
 </div>
 <script>
 const D = __DATA__;
@@ -158,7 +159,7 @@ function drawHeat(id,q){const ctx=cv[id].getContext("2d"),w=D.windows[q.wi],n=w.
  for(let i=0;i<n;i++){const c=D.viridis[row[i]];im.data.set([c[0],c[1],c[2],255],4*i);}gc.putImageData(im,0,0);
  const [t,l,b,r]=w.region,sx=VW/W,sy=VH/H;ctx.imageSmoothingEnabled=false;ctx.globalAlpha=0.8;
  ctx.drawImage(g,l*sx,t*sy,(r-l)*sx,(b-t)*sy);ctx.globalAlpha=1;mark(ctx,q);
- cv[id].dataset.max=w[id+"_max"][q.q];}
+ cv[id].dataset.max=w[id+"_max"][q.q];document.getElementById(id+"-max").textContent=`(max ${w[id+"_max"][q.q].toPrecision(3)})`;}
 function mark(ctx,q){ctx.strokeStyle="#ff0";ctx.lineWidth=2;ctx.beginPath();ctx.arc((q.x+0.5)*VW/W,(q.y+0.5)*VH/H,6,0,2*Math.PI);ctx.stroke();}
 function drawMain(){const ctx=cv.main.getContext("2d");ctx.globalAlpha=1;ctx.drawImage(base,0,0,VW,VH);
  const m=document.querySelector("input[name=mask]:checked").value;if(m!=="none")ctx.drawImage(masks[m],0,0,VW,VH);
