@@ -31,3 +31,23 @@ def run_guarded(body, options: dict) -> None:
         if options.get("debug"):
             raise
         fail(exc.one_line(), exc.exit_code)
+
+
+def progress_bar(enabled: bool):
+    """Done/total, images per second, ETA and the current item, on stderr; drawn only on a
+    terminal and when enabled."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    class ImagesPerSecond(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task):
+            return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    ImagesPerSecond(), TimeRemainingColumn(),
+                    console=err, disable=not (enabled and err.is_terminal), transient=True,
+                    redirect_stdout=False, redirect_stderr=False)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail, run_guarded, stdout_line
+from ._console import err, fail, progress_bar, run_guarded, stdout_line
 from ._options import (O, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt, ModelOpt,
                        PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
                        load_segmenter)
@@ -53,9 +53,7 @@ def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_che
                          proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
                          device=dist.device_for(device), precision=precision, show=show)
     mine = dist.shard(samples)
-    from .segment import _progress
-
-    progress = _progress(show)
+    progress = progress_bar(show)
     with progress:
         task = progress.add_task(f"{dataset}", total=len(mine))
 

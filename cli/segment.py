@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail, run_guarded, stdout_line
+from ._console import err, fail, progress_bar, run_guarded, stdout_line
 from ._options import (M, O, P, W, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt,
                        ModelOpt, PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
                        load_segmenter)
@@ -107,7 +107,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     outcomes = [batch.ItemOutcome(batch.InputItem(Path(m), Path(m), m), "failed", f"{m}: no such file")
                 for m in scan.missing] if dist.is_main else []
     items = dist.shard(scan.items)  # each rank its own disjoint share; alone: all of them
-    progress = _progress(show and len(items) > 1)
+    progress = progress_bar(show and len(items) > 1)
     interrupted = False
     with progress:
         task = progress.add_task("segmenting", total=len(items))
@@ -160,24 +160,6 @@ def _write_summary(entries: list[dict], output: Path) -> list[dict]:
     except FbsegError as exc:
         return [{"input": batch.RUN_SUMMARY, "status": "failed", "reason": exc.one_line()}]
     return []
-
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
-    from rich.text import Text
-
-    class ImagesPerSecond(TextColumn):
-        def __init__(self) -> None:
-            super().__init__("")
-
-        def render(self, task):
-            return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    ImagesPerSecond(), TimeRemainingColumn(),
-                    console=err, disable=not (enabled and err.is_terminal), transient=True,
-                    redirect_stdout=False, redirect_stderr=False)
 
 
 def _report(outcomes, entries: list[dict], skipped_non_images: int) -> None:

@@ -74,15 +74,15 @@ class Explanation:
         A = None if cap.attn is None else cap.attn[0:1].float()
         final = fsa.ensemble_rows(A, fb[None], idx)[0].mean(0)
         if A is None:
-            attn = F.one_hot(idx, fb.shape[-1]).float()
+            attn = F.one_hot(idx, fb.shape[-1]).float().to(fb.device)
         else:
             attn = A[0][:, idx, :].mean(0)
-        return {"attn": attn.numpy(), "feedback": fb[idx].numpy(), "final": final.numpy(),
-                "keep": cap.keep[0][idx].numpy()}
+        return {"attn": attn.cpu().numpy(), "feedback": fb[idx].cpu().numpy(),
+                "final": final.cpu().numpy(), "keep": cap.keep[0][idx].cpu().numpy()}
 
     def window_p(self, window: int) -> np.ndarray:
         """(N, K) FSA's P of one window, summed over each class's names."""
-        return _per_class(self._captures[window].P[0].float(), self._name_to_class).numpy()
+        return _per_class(self._captures[window].P[0].float(), self._name_to_class).cpu().numpy()
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every panel's data, flat, for ``np.savez``."""
@@ -102,7 +102,7 @@ def _per_class(P: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
     """(N, C names) → (N, K classes): the probability mass of each class's names."""
     K = max(name_to_class) + 1
     index = torch.as_tensor(list(name_to_class), dtype=torch.long)
-    return torch.zeros(P.shape[0], K, dtype=P.dtype).index_add_(1, index, P)
+    return torch.zeros(P.shape[0], K, dtype=P.dtype, device=P.device).index_add_(1, index.to(P.device), P)
 
 
 def to_protocol(x: int, y: int, image_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
@@ -183,8 +183,8 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
     base_probs = class_probabilities(stitched[C:2 * C], (H, W), logit_scale, classes.name_to_class)
     P_map = F.interpolate(stitched[None, 2 * C:], size=(H, W), mode="bilinear", align_corners=False)[0]
     class_p = _per_class(P_map.flatten(1).T, classes.name_to_class).T.reshape(-1, H, W)
-    feedback_labels = labels_from_probs(fb_probs, prob_threshold).numpy()
-    baseline_labels = labels_from_probs(base_probs, prob_threshold).numpy()
+    feedback_labels = labels_from_probs(fb_probs, prob_threshold).cpu().numpy()
+    baseline_labels = labels_from_probs(base_probs, prob_threshold).cpu().numpy()
 
     h, w = img.shape[1:]
     boxes = window_boxes(h, w, window, stride)
@@ -196,9 +196,9 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
                   (box[1] + pad[3]) * sy, (box[3] + pad[1]) * sx)
         views.append(WindowView(box, pad, cap.grid, region))
     exp = Explanation(rgb, classes.labels, (h, w), views, [], baseline_labels.astype(np.int64),
-                      feedback_labels.astype(np.int64), class_p.numpy().astype(np.float32),
+                      feedback_labels.astype(np.int64), class_p.cpu().numpy().astype(np.float32),
                       captures, list(classes.name_to_class))
-    chosen = list(points) if points else auto_points(fb_probs.numpy(), feedback_labels)
+    chosen = list(points) if points else auto_points(fb_probs.cpu().numpy(), feedback_labels)
     for x, y in chosen:
         py, px = to_protocol(x, y, (H, W), (h, w))
         wi = pick_window(boxes, py, px)
