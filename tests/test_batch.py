@@ -189,3 +189,18 @@ def test_a_killed_run_leaves_nothing_a_resume_trusts_or_trips_on(tmp_path, fast)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "cat.json").read_text())["classes"][0]["class"] == "cat"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_one_image_from_stdin(tmp_path, tiny_ckpt):
+    import subprocess
+    import sys
+
+    entry = Path(__file__).parent / "dist_entry.py"  # the CLI with the tiny config registered
+    with open(ASSETS / "coffee.jpg", "rb") as stdin:
+        p = subprocess.run([sys.executable, str(entry), "segment", "-", "-c", "cup,table", "-o", str(tmp_path),
+                            *FAST, "--checkpoint", str(tiny_ckpt), "--json"],
+                           stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["input"] == "<stdin>"
+    with Image.open(ASSETS / "coffee.jpg") as src:
+        assert Image.open(tmp_path / "stdin.mask.png").size == src.size
