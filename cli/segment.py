@@ -142,6 +142,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     entries.sort(key=lambda e: order.get(e["input"], -1))  # input order, whatever the ranks
     if dist.is_main and len(scan.items) + len(scan.missing) > 1:
         entries += _write_summary(entries, output)
+    # every rank exits with rank 0's verdict (only rank 0 knows whether summary.json was written)
     failed = any(e["status"] == "failed" for e in dist.all_gather(entries)[0])
     distributed.shutdown()
     if show:

@@ -109,6 +109,7 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
 @dataclass
 class EvalReport:
     dataset: str
+    key: str  # run_key of identity and protocol: names the counts folder and the report
     identity: dict
     settings: dict
     class_labels: tuple[str, ...]
@@ -131,7 +132,8 @@ def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
              on_image: Callable[[ImageCounts], None] | None = None) -> EvalReport:
     """Score ``samples``; counts are cached under ``work_dir/counts/<run key>/``."""
     identity = segmenter.identity()
-    folder = work_dir / "counts" / run_key(identity, spec) if work_dir is not None else None
+    key = run_key(identity, spec)
+    folder = work_dir / "counts" / key if work_dir is not None else None
     cache = CountsCache(folder)
     totals = np.zeros((4, spec.num_classes), np.int64)
     t0 = time.perf_counter()
@@ -139,18 +141,12 @@ def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
         totals += item.counts
         if on_image is not None:
             on_image(item)
-    return EvalReport(spec.name, identity, protocol(spec), spec.classes().labels, len(samples),
+    return EvalReport(spec.name, key, identity, protocol(spec), spec.classes().labels, len(samples),
                       totals, time.perf_counter() - t0)
 
 
 def write_report(report: EvalReport, work_dir: Path) -> Path:
     """``work_dir/<dataset>-<run key>.json`` (rewritten: it is derived from the cache)."""
-    path = Path(work_dir) / f"{report.dataset}-{run_key(report.identity, _spec(report.dataset))}.json"
+    path = Path(work_dir) / f"{report.dataset}-{report.key}.json"
     atomic_write_bytes(path, (json.dumps(report.to_json(), indent=2) + "\n").encode(), overwrite=True)
     return path
-
-
-def _spec(name: str) -> DatasetSpec:
-    from .datasets import DATASETS
-
-    return DATASETS.get(name)

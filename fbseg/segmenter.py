@@ -14,10 +14,10 @@ from .backbones import CLIP_MEAN, CLIP_STD, DEFAULT_BACKBONE, default_lam, defau
 from .classes import ClassList, parse_classes
 from .clip_encoder import patch_size
 from .errors import ConfigError
-from .forward import Capture, CropModel, crop_logits
+from .forward import CropModel, crop_logits
 from .hosts import DEFAULT_HOST, get_host
 from .inference import (class_probabilities, labels_from_probs, protocol_size, resize_image,
-                        slide, slide_many)
+                        slide_many)
 from .io import ImageLike, read_image
 from .proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
 from .result import SegmentationResult
@@ -152,31 +152,6 @@ class Segmenter:
             raise ConfigError("logit scale must be positive")
         if short_side is not None and short_side < self.patch:
             raise ConfigError(f"short side must be ≥ the patch size ({self.patch})")
-
-    def logits(self, image: ImageLike, classes: ClassList | str | Sequence[str], *,
-               short_side: int | None = 336, window: int = 336, stride: int = 112,
-               lam: float | None = None, feedback: bool | None = None,
-               capture: Capture | None = None) -> tuple[torch.Tensor, np.ndarray, dict]:
-        """Stitched cosine logits (C_names, h, w) at the protocol size, the RGB input, timings."""
-        self._check(window, stride, 1.0, short_side)
-        t0 = time.perf_counter()
-        rgb = read_image(image)
-        cl = _as_classes(classes)
-        text = self.encode_text(cl).to(self.dtype)
-        t1 = time.perf_counter()
-        img = self.prepare(rgb, short_side).tensor.to(self.device, self.dtype)
-        fb = self.feedback if feedback is None else feedback
-        lam_value = self.lam if lam is None else float(lam)
-
-        def crop_fn(crops: torch.Tensor) -> torch.Tensor:
-            return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
-                               window=window, capture=capture)
-
-        stitched = slide(img, crop_fn, window=window, stride=stride,
-                         pad_multiple=self.host.pad_multiple or self.patch,
-                         batch_size=self.batch_size)
-        t2 = time.perf_counter()
-        return stitched, rgb, {"text_s": t1 - t0, "model_s": t2 - t1}
 
     def prepare(self, image: ImageLike, short_side: int | None = 336) -> "PreparedImage":
         """Decode and resize one image for the model (CPU; safe to run in a worker thread)."""
