@@ -35,3 +35,18 @@ def load_segmenter(*, model, pretrained, checkpoint, host, proxy, proxy_checkpoi
     return Segmenter.from_pretrained(model, pretrained=pretrained, checkpoint=checkpoint, host=host,
                                      proxy=proxy, proxy_checkpoint=proxy_checkpoint,
                                      feedback=feedback, lam=lam, device=device, precision=precision)
+
+
+def class_list(classes, classes_file, background=None, background_threshold=None):
+    """The ClassList from --classes or --classes-file, with the optional background class."""
+    from fbseg.classes import parse_classes, read_class_file, with_background
+    from fbseg.errors import ConfigError
+
+    if (classes is None) == (classes_file is None):
+        raise ConfigError("give exactly one of --classes and --classes-file")
+    cl = read_class_file(classes_file) if classes_file else parse_classes(classes)
+    if background is not None:
+        cl = with_background(cl, background)
+    if background_threshold is not None and background is None:
+        raise ConfigError("--background-threshold needs --background NAMES")
+    return cl

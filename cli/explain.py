@@ -9,7 +9,7 @@ import typer
 from ._console import err, run_guarded
 from ._options import (O, W, CheckpointOpt, DebugOpt, DeviceOpt, HostOpt, LamOpt, ModelOpt,
                        PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       load_segmenter)
+                       class_list, load_segmenter)
 
 HELP = """Show what the model attends to. For each point (--at X,Y in image pixels; default: the
 most confident pixel of each class) the sheet shows the rows of the host attention A, of
@@ -62,9 +62,7 @@ def _run(*, image, classes, classes_file, at, model, pretrained, checkpoint, hos
     from fbseg import explain_files
     from fbseg.io import read_image
 
-    from .segment import _class_list
-
-    cl = _class_list(classes, classes_file, None, None)
+    cl = class_list(classes, classes_file)
     points = [_point(p) for p in at or []]
     rgb = read_image(image)  # a bad image fails before the model loads
     targets = explain_files.output_paths(output, image, html=html, save_raw=save_raw)

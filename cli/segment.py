@@ -11,7 +11,7 @@ import typer
 from ._console import err, fail, progress_bar, run_guarded, stdout_line
 from ._options import (M, O, P, W, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt,
                        ModelOpt, PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       load_segmenter)
+                       class_list, load_segmenter)
 
 HELP = """Segment images with free-text classes.
 
@@ -60,20 +60,6 @@ def segment(
     run_guarded(_run, dict(locals()))
 
 
-def _class_list(classes, classes_file, background, background_threshold):
-    from fbseg.classes import parse_classes, read_class_file, with_background
-    from fbseg.errors import ConfigError
-
-    if (classes is None) == (classes_file is None):
-        raise ConfigError("give exactly one of --classes and --classes-file")
-    cl = read_class_file(classes_file) if classes_file else parse_classes(classes)
-    if background is not None:
-        cl = with_background(cl, background)
-    if background_threshold is not None and background is None:
-        raise ConfigError("--background-threshold needs --background NAMES")
-    return cl
-
-
 def _run(*, paths, classes, classes_file, background, background_threshold, model, pretrained,
          checkpoint, host, proxy, proxy_checkpoint, feedback, lam, short_side, window, stride,
          logit_scale, output, overlay, opacity, save_probs, masks, compare, overwrite, recursive, as_json, quiet,
@@ -81,7 +67,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
     from fbseg import batch, distributed
     from fbseg.errors import ConfigError, FbsegError
 
-    cl = _class_list(classes, classes_file, background, background_threshold)
+    cl = class_list(classes, classes_file, background, background_threshold)
     if compare and not feedback:
         raise ConfigError("--compare shows what FSA changes; it needs --feedback")
     if masks not in batch.MASK_MODES:

@@ -186,8 +186,6 @@ def read_input(item: InputItem, stdin_reader: Callable[[], bytes] | None = None)
         data = stdin_reader() if stdin_reader else b""
         if not data:
             raise InputError("<stdin>: no data")
-        from PIL import Image
-
         try:
             return read_image(Image.open(io.BytesIO(data)))
         except (OSError, SyntaxError, ValueError):

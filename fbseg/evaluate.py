@@ -78,7 +78,8 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
     decoded and resized in a background thread while the model runs)."""
     classes = spec.classes()
     settings = protocol(spec)
-    todo = [s for s in samples if cache.get(s, spec.num_classes) is None]
+    cached = {s.id: cache.get(s, spec.num_classes) for s in samples}  # each file read once
+    todo = [s for s in samples if cached[s.id] is None]
 
     def load(sample: Sample):
         return segmenter.prepare(sample.image, spec.short_side), load_label(sample.label,
@@ -88,9 +89,8 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
         pending = {s.id: pool.submit(load, s) for s in todo[:prefetch]}
         next_index = min(prefetch, len(todo))
         for sample in samples:
-            cached = cache.get(sample, spec.num_classes)
-            if cached is not None:
-                yield ImageCounts(sample, cached, True, 0.0)
+            if cached[sample.id] is not None:
+                yield ImageCounts(sample, cached.pop(sample.id), True, 0.0)
                 continue
             t0 = time.perf_counter()
             prepared, label = pending.pop(sample.id).result()

@@ -164,7 +164,7 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
         if not (0 <= x < W and 0 <= y < H):
             raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
     text = segmenter.encode_text(classes).to(segmenter.dtype)
-    lam_value = segmenter.lam if lam is None else float(lam)
+    lam_value = segmenter.lam_for(lam)
     C = text.shape[0]
     captures: list[Capture] = []
 
@@ -176,7 +176,7 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
         P = cap.P.transpose(1, 2).reshape(crops.shape[0], C, *cap.grid).to(logits.dtype)
         return torch.cat([logits, cap.baseline, P], dim=1)
 
-    pad_multiple = segmenter.host.pad_multiple or segmenter.patch
+    pad_multiple = segmenter.pad_multiple
     stitched = slide(img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
                      batch_size=1).float()
     fb_probs = class_probabilities(stitched[:C], (H, W), logit_scale, classes.name_to_class)

@@ -88,8 +88,10 @@ def crop_logits(
         capture.attn, capture.feedback, capture.P = last.attn, A_fb, P
         capture.keep = fsa.nucleus_keep(fsa.kl_affinity(P))
         capture.grid = last.grid
-        capture.baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
+    baseline = None
+    if capture is not None or also_baseline:
+        baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
+    if capture is not None:
+        capture.baseline = baseline
     out = _cosine_logits(model.visual, tokens, text, last.grid)
-    if also_baseline:
-        out = torch.cat([out, _cosine_logits(model.visual, host_tokens, text, last.grid)], dim=1)
-    return out
+    return torch.cat([out, baseline], dim=1) if also_baseline else out

@@ -138,6 +138,15 @@ class Segmenter:
                                      if spec is not None else None),
                    text_cache_dir=cache_dir() if text_cache else None)
 
+    @property
+    def pad_multiple(self) -> int:
+        """Crops are padded to a multiple of this: the host's own (ProxyCLIP 56) or the patch."""
+        return self.host.pad_multiple or self.patch
+
+    def lam_for(self, lam: float | None) -> float:
+        """FSA's λ for a call: the given one, else the Segmenter's default."""
+        return self.lam if lam is None else float(lam)
+
     def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
         """(C, E) L2-normalised embeddings, one row per class *name* (fp32)."""
         names = _as_classes(classes).flat_names
@@ -219,7 +228,7 @@ class Segmenter:
                 raise ConfigError("image prepared with another short side")
         t1 = time.perf_counter()
         fb = self.feedback if feedback is None else feedback
-        lam_value = self.lam if lam is None else float(lam)
+        lam_value = self.lam_for(lam)
 
         def crop_fn(crops: torch.Tensor) -> torch.Tensor:
             return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
@@ -227,7 +236,7 @@ class Segmenter:
 
         stitched = slide_many([p.tensor.to(self.device, self.dtype) for p in prepared], crop_fn,
                               window=window, stride=stride,
-                              pad_multiple=self.host.pad_multiple or self.patch,
+                              pad_multiple=self.pad_multiple,
                               batch_size=self.batch_size)
         t2 = time.perf_counter()
         share = (t2 - t1) / len(prepared)
@@ -269,7 +278,7 @@ class Segmenter:
         return {"model": self.model_name, "weights": self.weights_id, "host": self.host.name,
                 "proxy": self.proxy_spec.name if self.proxy_spec else None,
                 "proxy_weights": self.proxy_weights_id, "feedback": fb,
-                "lam": (self.lam if lam is None else float(lam)) if fb else None,
+                "lam": self.lam_for(lam) if fb else None,
                 "precision": str(self.dtype).replace("torch.", "")}
 
     def _meta(self, fb: bool, lam: float | None, timings: dict, **settings) -> dict:
@@ -281,7 +290,7 @@ class Segmenter:
             "feedback": fb,
             "settings": {
                 **settings,
-                "lam": (self.lam if lam is None else float(lam)) if fb else None,
+                "lam": self.lam_for(lam) if fb else None,
                 "device": str(self.device), "precision": str(self.dtype).replace("torch.", ""),
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
