@@ -110,7 +110,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
                 break
             outcomes.append(outcome)
             progress.update(task, advance=1, description=outcome.item.display[-40:])
-            if outcome.status == "failed" and show:
+            if outcome.status == "failed":  # an error is reported even with -q
                 progress.console.print(f"[red]failed:[/red] {outcome.reason}", soft_wrap=True)
             elif outcome.status == "skipped" and show:
                 progress.console.print(f"skipped {outcome.item.display}: outputs exist (--overwrite to redo)")

@@ -209,3 +209,9 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
     assert r.exit_code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["done"], summary["skipped"], summary["failed"]) == (3, 2, 0)
+
+
+def test_quiet_still_reports_a_failed_input(tmp_path, fast):
+    (tmp_path / "bad.jpg").write_text("not an image")
+    r = run(["segment", str(tmp_path / "bad.jpg"), "-c", "cat", "-o", str(tmp_path / "o"), "-q", *fast])
+    assert r.exit_code == 4 and "bad.jpg: not an image" in r.stderr
