@@ -8,9 +8,9 @@ import typer
 
 M, O, P, W = "Model", "Output", "Performance", "Protocol"
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip architecture (ViT-B-16, ViT-L-14, ViT-H-14, ViT-B-16-quickgelu, ...).", rich_help_panel=M)]
-PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag (default: openai, openai, laion2b_s32b_b79k).", rich_help_panel=M)]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Local CLIP weights file.", rich_help_panel=M)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip ViT architecture with a class token (ViT-B-16, ViT-L-14, ViT-H-14, ...); SigLIP, CLIPA, CoCa, ResNet and timm towers are refused.", rich_help_panel=M)]
+PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="open_clip pretrained tag (default: openai, openai, laion2b_s32b_b79k); its table entry sets the activation (QuickGELU for openai) and mean/std. With --checkpoint: the file is a local copy of this tag.", rich_help_panel=M)]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Local CLIP weights: a state dict (architecture of --model, or of --pretrained TAG if given), or an OpenAI TorchScript .pt (QuickGELU).", rich_help_panel=M)]
 HostOpt = Annotated[str, typer.Option("--host", help="maskclip | sclip | clearclip | naclip | proxyclip.", rich_help_panel=M)]
 ProxyOpt = Annotated[str, typer.Option("--proxy", help="Proxy for --host proxyclip: dino | dinov2 | sam | mae (and -l/-h variants).", rich_help_panel=M)]
 ProxyCheckpointOpt = Annotated[Optional[Path], typer.Option("--proxy-checkpoint", help="Local proxy weights (state dict of the timm model).", rich_help_panel=M)]

@@ -17,11 +17,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
     if as_json:
         stdout_line(json.dumps(data, indent=2))
         return
-    t = Table(title="CLIP backbones (any open_clip ViT name also works)")
-    for col in ("model", "default weights", "λ", "cached", "notes"):
+    t = Table(title="CLIP backbones (other open_clip CLIP ViTs with a class token also work)")
+    for col in ("model", "default weights", "activation", "λ", "cached", "notes"):
         t.add_column(col)
     for b in data["backbones"]:
-        t.add_row(b["name"], b["pretrained"], str(b["lam"]), "yes" if b["cached"] else "no", b["notes"])
+        t.add_row(b["name"], b["pretrained"], b["activation"], str(b["lam"]),
+                  "yes" if b["cached"] else "no", b["notes"])
     err.print(t)
     t = Table(title="Hosts (--host)")
     for col in ("host", "attention", "proxy"):

@@ -18,9 +18,10 @@ HELP = """Segment images with free-text classes.
 Writes PHOTO.mask.png (indexed PNG, pixel = class index), PHOTO.json (per-class summary) and,
 with --overlay, PHOTO.overlay.png into the output folder. Classes: "," between classes, ";"
 between the names of one class, e.g. "cat,sofa; couch,floor". PATH may be files, folders,
-globs or - (stdin). Weights are downloaded at first use; --checkpoint takes a local file
-(a state dict of open_clip.create_model(MODEL); OpenAI-format ViT-B/16 weights need
---model ViT-B-16-quickgelu)."""
+globs or - (stdin). Weights are downloaded at first use and the network is built as the
+pretrained tag declares (QuickGELU for openai). --checkpoint takes a local file: a state dict
+of open_clip.create_model(MODEL), with --pretrained TAG when it is a copy of that tag's
+weights, or one of OpenAI's original TorchScript .pt files."""
 
 
 def segment(

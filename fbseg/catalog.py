@@ -1,13 +1,16 @@
 """What can be run: backbones, hosts, proxies, and whether their weights are cached."""
 from __future__ import annotations
 
-from .backbones import BACKBONES, is_cached as clip_cached
+from .backbones import BACKBONES, tag_network
+from .backbones import is_cached as clip_cached
 from .hosts import HOSTS
 from .proxies import PROXIES, is_cached as proxy_cached
 
 
 def list_backbones() -> list[dict]:
+    """Each registered backbone, its default tag and the network that tag declares."""
     return [{"name": n, "pretrained": s.pretrained, "lam": s.lam, "notes": s.notes,
+             "activation": tag_network(n, s.pretrained).as_dict()["activation"],
              "cached": clip_cached(n, s.pretrained)} for n, s in BACKBONES]
 
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fsa
+from .backbones import CLIP_MEAN, CLIP_STD
 from .clip_encoder import project, run_to_last_block
 from .hosts import Host
 from .proxies import ProxySpec, proxy_features
@@ -38,6 +39,8 @@ class CropModel:
     host: Host
     proxy: nn.Module | None = None
     proxy_spec: ProxySpec | None = None
+    input_mean: tuple[float, ...] = CLIP_MEAN  # what the crops were normalised with
+    input_std: tuple[float, ...] = CLIP_STD
 
 
 def _cosine_logits(visual: nn.Module, tokens: torch.Tensor, text: torch.Tensor,
@@ -71,7 +74,8 @@ def crop_logits(
         if model.proxy is None or model.proxy_spec is None:
             raise ValueError("the proxyclip host needs a proxy model")
         proxy_feats = proxy_features(model.proxy, model.proxy_spec, crops.to(
-            next(model.proxy.parameters()).dtype), window).to(x.dtype)
+            next(model.proxy.parameters()).dtype), window, model.input_mean,
+            model.input_std).to(x.dtype)
     last = model.host.last_block(block, x, grid, proxy_feats)
     Av = last.mixed_by_host()
     host_tokens = last.host_output(Av)
@@ -79,10 +83,14 @@ def crop_logits(
         baseline = _cosine_logits(model.visual, host_tokens, text, last.grid)
         return torch.cat([baseline, baseline], dim=1) if also_baseline else baseline
 
-    s_host = fsa.class_scores(project(model.visual, host_tokens), text, fsa.HOST_SCALE)
-    s_uni = fsa.class_scores(project(model.visual, last.uniform_output()), text, fsa.UNIFORM_SCALE)
+    # FSA's decision (scores, P, the KL affinity, the cut, the sharpening) runs in fp32
+    # whatever the backbone's precision; only A_fb goes back to it for the ensemble.
+    text32 = text.float()
+    s_host = fsa.class_scores(project(model.visual, host_tokens).float(), text32, fsa.HOST_SCALE)
+    s_uni = fsa.class_scores(project(model.visual, last.uniform_output()).float(), text32,
+                             fsa.UNIFORM_SCALE)
     P = fsa.feedback_distribution(s_host, s_uni)
-    A_fb = fsa.feedback_attention(P, lam)
+    A_fb = fsa.feedback_attention(P, lam).to(last.v.dtype)
     tokens = last.finish(fsa.ensemble_apply(last.attn, A_fb, last.v, Av))
     if capture is not None:
         capture.attn, capture.feedback, capture.P = last.attn, A_fb, P

@@ -1,7 +1,8 @@
 """Feedback self-adaptive attention (FSA): pure tensor functions, no model, no I/O.
 
 Shapes: B crops, N patches on the host grid, C class names, h heads, d head width.
-Every function works for any floating dtype; fp32 is the reference precision.
+Every function works for any floating dtype; the affinity and A_fb are always computed in
+fp32 (the reference precision), whatever the dtype of P.
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def _affinity_rows(P_rows: torch.Tensor, log_p: torch.Tensor, entropy_rows: torc
 
 
 def kl_affinity(P: torch.Tensor) -> torch.Tensor:
-    """S_ij = 1 / (1 + max(KL(P_i ‖ P_j), 0)) for P (B, N, C) → (B, N, N).
+    """S_ij = 1 / (1 + max(KL(P_i ‖ P_j), 0)) for P (B, N, C) → (B, N, N), in fp32.
 
     Product form: KL_ij = Σ_c P_ic log P_ic − Σ_c P_ic log P_jc, one matrix product and
     O(N²) memory instead of the reference's N×N×C tensor; same numbers to float rounding.
     """
+    P = P.float()
     log_p = torch.log(P + LOG_EPS)
     return _affinity_rows(P, log_p, (P * log_p).sum(dim=-1, keepdim=True))
 
@@ -61,11 +63,14 @@ def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -
 
 def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P,
                        row_chunk: int = ROW_CHUNK) -> torch.Tensor:
-    """A_fb (B, N, N) from the class distribution P (B, N, C). Rows sum to 1.
+    """A_fb (B, N, N) fp32 from the class distribution P (B, N, C). Rows sum to 1.
 
+    Computed in fp32 whatever P's dtype: log P of a peaked P (entries below ~6e-8 are 0 in
+    fp16) and the product-form KL need it, and S·exp(λS) amplifies any error near the cut.
     A row of A_fb depends on its row of S alone, so rows are computed ``row_chunk`` at a
     time: peak memory is the output plus one chunk's temporaries, not ~8 N×N arrays.
     """
+    P = P.float()
     B, N, _ = P.shape
     log_p = torch.log(P + LOG_EPS)
     entropy = (P * log_p).sum(dim=-1, keepdim=True)

@@ -106,19 +106,26 @@ def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: str) -> tor
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
 
-def proxy_input(crops: torch.Tensor) -> torch.Tensor:
-    """Crops in CLIP-normalised space (B, 3, H, W) → ImageNet-normalised."""
-    clip_mean = crops.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    clip_std = crops.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+def proxy_input(crops: torch.Tensor, clip_mean: tuple[float, ...] = CLIP_MEAN,
+                clip_std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """Crops normalised with CLIP's statistics (B, 3, H, W) → ImageNet-normalised.
+
+    ``clip_mean``/``clip_std`` are the ones the crops were normalised with: the CLIP weights'
+    own (their pretrained tag's), so the proxy sees the same pixels whatever CLIP expects.
+    """
+    clip_mean = crops.new_tensor(clip_mean).view(1, 3, 1, 1)
+    clip_std = crops.new_tensor(clip_std).view(1, 3, 1, 1)
     mean = crops.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = crops.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (crops * clip_std + clip_mean - mean) / std
 
 
 def proxy_features(model: torch.nn.Module, spec: ProxySpec, crops: torch.Tensor,
-                   window: int) -> torch.Tensor:
-    """Proxy features (B, C_f, Hf, Wf) for padded crops (B, 3, H, W) in CLIP-normalised space."""
-    x = proxy_input(crops)
+                   window: int, clip_mean: tuple[float, ...] = CLIP_MEAN,
+                   clip_std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+    """Proxy features (B, C_f, Hf, Wf) for padded crops (B, 3, H, W) in CLIP-normalised space
+    (normalised with ``clip_mean``/``clip_std``)."""
+    x = proxy_input(crops, clip_mean, clip_std)
     if spec.input == "sam":
         x = F.interpolate(x, size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)
         return model.forward_features(x)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .backbones import CLIP_MEAN, CLIP_STD, DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip
+from .backbones import DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip, network_of
 from .classes import ClassList, parse_classes
 from .clip_encoder import patch_size
 from .errors import ConfigError
@@ -23,6 +23,10 @@ from .proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
 from .result import SegmentationResult
 from .text import TextCache
 from .weights import cache_dir
+
+# Bumped whenever a change alters the numbers a given model, weights and settings produce, so
+# no cache (text embeddings, eval counts) written before it is read after it.
+PROTOCOL_VERSION = 2
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -95,15 +99,17 @@ class Segmenter:
         self.lam = float(lam) if lam is not None else default
         self.batch_size = batch_size
         self.patch = patch_size(self.visual)
-        self.crop_model = CropModel(self.visual, self.host, self.proxy, self.proxy_spec)
+        self.network = network_of(self.clip)
+        self.crop_model = CropModel(self.visual, self.host, self.proxy, self.proxy_spec,
+                                    input_mean=self.network.mean, input_std=self.network.std)
         import open_clip
 
         self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.text_cache = TextCache(text_cache_dir, weights_id)
         self.weights_id = weights_id
+        self.text_cache = TextCache(text_cache_dir, self.text_identity() if weights_id else None)
         self.proxy_weights_id = proxy_weights_id if self.proxy_spec else None
-        self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
-        self._std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+        self._mean = torch.tensor(self.network.mean).view(3, 1, 1) * 255.0
+        self._std = torch.tensor(self.network.std).view(3, 1, 1) * 255.0
 
     @classmethod
     def from_pretrained(
@@ -271,11 +277,20 @@ class Segmenter:
 
         return explain(self, image, _as_classes(classes), points, **settings)
 
+    def text_identity(self) -> dict:
+        """What decides a name's embedding: the model, its weights, the network they run in
+        (activation, preprocessing), the text tower's precision and the protocol version."""
+        return {"model": self.model_name, "weights": self.weights_id,
+                "network": self.network.as_dict(), "text_precision": "float32",
+                "protocol": PROTOCOL_VERSION}
+
     def identity(self, feedback: bool | None = None, lam: float | None = None) -> dict:
         """Everything that decides the output besides the image and the settings (for
         cache keys and reports)."""
         fb = self.feedback if feedback is None else feedback
-        return {"model": self.model_name, "weights": self.weights_id, "host": self.host.name,
+        return {"model": self.model_name, "weights": self.weights_id,
+                "network": self.network.as_dict(), "protocol": PROTOCOL_VERSION,
+                "host": self.host.name,
                 "proxy": self.proxy_spec.name if self.proxy_spec else None,
                 "proxy_weights": self.proxy_weights_id, "feedback": fb,
                 "lam": self.lam_for(lam) if fb else None,
@@ -285,6 +300,7 @@ class Segmenter:
         return {
             "fbseg_version": __version__,
             "model": self.model_name,
+            "network": self.network.as_dict(),
             "host": self.host.name,
             "proxy": self.proxy_spec.name if self.proxy_spec else None,
             "feedback": fb,

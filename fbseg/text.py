@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,19 +38,25 @@ def encode_names(clip: torch.nn.Module, tokenizer, names: Sequence[str],
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-class TextCache:
-    """Per-name embeddings on disk under ``root/<model+weights+templates key>/``.
+def text_cache_key(identity: dict) -> str:
+    """A folder name from everything that decides an embedding (``identity``: model, weights,
+    network, precision, protocol version) and the template set."""
+    blob = json.dumps({"identity": identity, "templates": TEMPLATE_SET}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    A name's file is written atomically; a damaged file is recomputed. ``root`` None keeps
+
+class TextCache:
+    """Per-name embeddings on disk under ``root/text/<text_cache_key(identity)>/``.
+
+    A name's file is written atomically; a damaged file is recomputed. ``identity`` None keeps
     the cache in memory only (models without a stable weights identity).
     """
 
-    def __init__(self, root: Path | None, weights_id: str | None) -> None:
+    def __init__(self, root: Path | None, identity: dict | None) -> None:
         self.memory: dict[str, np.ndarray] = {}
         self.folder = None
-        if root is not None and weights_id is not None:
-            key = hashlib.sha256(f"{weights_id}|{TEMPLATE_SET}".encode()).hexdigest()[:24]
-            self.folder = Path(root) / "text" / key
+        if root is not None and identity is not None:
+            self.folder = Path(root) / "text" / text_cache_key(identity)
         self.hits = 0
         self.misses = 0
 

@@ -7,11 +7,12 @@ import functools
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import WeightsUnavailableError
+from .errors import FbsegError, WeightsUnavailableError
 
 T = TypeVar("T")
 HUB_HOST = ("huggingface.co", 443)
@@ -78,7 +79,7 @@ def fetch_pretrained(what: str, flag: str, build: Callable[[], T]) -> T:
                 return build()
             with _hub_offline():
                 return build()
-    except WeightsUnavailableError:
+    except FbsegError:
         raise
     except Exception as exc:  # network, cache and hub errors all mean "no weights"
         where = "download failed" if online else "offline and not in the cache"
@@ -98,16 +99,39 @@ def hf_cached(repo_id: str | None) -> bool:
     return (folder / "snapshots").is_dir() and any((folder / "snapshots").iterdir())
 
 
+# Attributes OpenAI's TorchScript CLIP archives keep beside the weights.
+_TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (OpenAI's original CLIP ``.pt`` files are):
+    a zip holding the scripted ``code/`` next to the tensors."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_state_dict(path: str | Path, flag: str) -> dict:
-    """A state dict from a local file: plain ``torch.save(state_dict)``, or a training
-    checkpoint holding one under "state_dict"/"model" (a "module." prefix is dropped)."""
+    """A state dict from a local file: plain ``torch.save(state_dict)``, safetensors, a
+    TorchScript archive (OpenAI's format), or a training checkpoint holding one under
+    "state_dict"/"model" (a "module." prefix is dropped)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"{flag} {path}: no such file")
     try:
-        if path.suffix == ".safetensors":
+        if is_torchscript(path):
+            with warnings.catch_warnings():  # torch marks TorchScript as deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            for key in _TORCHSCRIPT_EXTRAS:
+                state.pop(key, None)
+        elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -136,5 +160,5 @@ def load_into(model, state: dict, what: str, flag: str, path: str | Path) -> Non
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise WeightsUnavailableError(
             f"{flag} {path} does not match {what}: {detail[:160]}",
-            hint="check the architecture name; OpenAI-format ViT-B/16 files need ViT-B-16-quickgelu",
+            hint="check the architecture name (--model) and, for a copy of a pretrained tag, --pretrained",
         ) from None

@@ -23,6 +23,17 @@ def pytest_configure(config):
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that need real weights run only when asked for by name (``-m network``), even
+    when another ``-m`` expression replaces the default one."""
+    if "network" in (config.getoption("-m") or "").replace("not network", ""):
+        return
+    skip = pytest.mark.skip(reason="needs real weights: run with -m network")
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def seed_all():
     random.seed(0)
