@@ -35,21 +35,21 @@ CONFIGS = {  # name: (host, feedback, reference form)
 
 
 def _voc21_classes():
-    from fbseg.datasets import DATASETS
+    from fbseg.eval.datasets import DATASETS
 
     return DATASETS.get("voc21").classes()
 
 
 def _segmenter(args, host: str, feedback: bool, reference: bool, cache: Path | None):
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     if reference:
         import reference_form
 
-        import fbseg.forward
+        import fbseg.pipeline.crop
 
-        fbseg.forward.fsa.feedback_attention = reference_form.feedback_attention
-        fbseg.forward.fsa.ensemble_apply = reference_form.ensemble_apply
+        fbseg.pipeline.crop.fsa.feedback_attention = reference_form.feedback_attention
+        fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
     if cache is not None:
         os.environ["FBSEG_CACHE"] = str(cache)
     seg = Segmenter.from_pretrained("ViT-B-16", checkpoint=args.checkpoint, host=host, proxy="dino",
@@ -90,7 +90,7 @@ def run_one(args) -> dict:
 
 def run_folder(args) -> dict:
     """A folder of images through fbseg's pipeline, or through a plain sequential loop."""
-    from fbseg import batch
+    from fbseg.runs import batch
     from fbseg.io import read_image
 
     reference = args.reference

@@ -41,7 +41,7 @@ def _random_weights(folder: Path) -> tuple[Path, Path]:
 
 def _classes(text: str | None):
     from fbseg.classes import parse_classes
-    from fbseg.datasets import DATASETS
+    from fbseg.eval.datasets import DATASETS
 
     return parse_classes(text) if text else DATASETS.get("voc21").classes()
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--proxy-checkpoint", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     tmp = tempfile.TemporaryDirectory()
     os.environ.setdefault("FBSEG_CACHE", str(Path(tmp.name) / "cache"))

@@ -25,7 +25,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich
 def load_segmenter(*, model, pretrained, checkpoint, host, proxy, proxy_checkpoint, feedback, lam,
                    device, precision, show: bool):
     """Print what is loading, then build the Segmenter (the library does the work)."""
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     from ._console import err
 

@@ -42,8 +42,9 @@ def eval_command(
 
 def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_checkpoint, feedback,
          lam, limit, work_dir, as_json, quiet, device, precision, debug) -> None:
-    from fbseg import distributed, evaluate
-    from fbseg.datasets import DATASETS, find_samples
+    from fbseg.eval import evaluate
+    from fbseg.runs import distributed
+    from fbseg.eval.datasets import DATASETS, find_samples
 
     spec = DATASETS.get(dataset)
     samples = find_samples(spec, root)[:limit]

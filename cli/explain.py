@@ -59,7 +59,7 @@ def explain_command(
 def _run(*, image, classes, classes_file, at, model, pretrained, checkpoint, host, proxy,
          proxy_checkpoint, lam, short_side, window, stride, output, html, save_raw, overwrite,
          quiet, device, precision, debug) -> None:
-    from fbseg import explain_files
+    from fbseg.runs import explain_files
     from fbseg.io import read_image
 
     cl = class_list(classes, classes_file)

@@ -65,7 +65,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
          checkpoint, host, proxy, proxy_checkpoint, feedback, lam, short_side, window, stride,
          logit_scale, output, overlay, opacity, save_probs, masks, compare, overwrite, recursive, as_json, quiet,
          device, precision, batch_images, debug) -> None:
-    from fbseg import batch, distributed
+    from fbseg.runs import batch, distributed
     from fbseg.errors import ConfigError, FbsegError
 
     cl = class_list(classes, classes_file, background, background_threshold)
@@ -140,7 +140,7 @@ def _run(*, paths, classes, classes_file, background, background_threshold, mode
 
 def _write_summary(entries: list[dict], output: Path) -> list[dict]:
     """Write summary.json; a failure to do so becomes one more failed entry (returned)."""
-    from fbseg import batch
+    from fbseg.runs import batch
     from fbseg.errors import FbsegError
 
     try:

@@ -3,22 +3,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .classes import ClassList, parse_classes, read_class_file  # noqa: E402
-from .errors import (  # noqa: E402
+from fbseg.classes import ClassList, parse_classes, read_class_file  # noqa: E402
+from fbseg.errors import (  # noqa: E402
     ConfigError, FbsegError, InputError, NoInputError, OutputError, UnknownNameError,
     WeightsUnavailableError,
 )
-from .result import ClassSummary, SegmentationResult  # noqa: E402
+from fbseg.result import ClassSummary, SegmentationResult  # noqa: E402
 
 
 def __getattr__(name: str):
     """Import the torch-heavy parts on first use, so reading results stays light."""
     if name == "Segmenter":
-        from .segmenter import Segmenter
+        from fbseg.pipeline.segmenter import Segmenter
 
         return Segmenter
     if name in ("list_hosts", "list_backbones", "list_proxies"):
-        from . import catalog
+        from fbseg import catalog
 
         return getattr(catalog, name)
     raise AttributeError(name)

@@ -1,10 +1,10 @@
 """What can be run: backbones, hosts, proxies, and whether their weights are cached."""
 from __future__ import annotations
 
-from .backbones import BACKBONES, tag_network
-from .backbones import is_cached as clip_cached
-from .hosts import HOSTS
-from .proxies import PROXIES, is_cached as proxy_cached
+from fbseg.models.clip import BACKBONES, tag_network
+from fbseg.models.clip import is_cached as clip_cached
+from fbseg.hosts import HOSTS
+from fbseg.models.proxies import PROXIES, is_cached as proxy_cached
 
 
 def list_backbones() -> list[dict]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from fbseg.errors import ConfigError
 
 BACKGROUND = "background"
 

@@ -10,7 +10,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputError, OutputError
+from fbseg.errors import InputError, OutputError
 
 def _current_umask() -> int:
     mask = os.umask(0o022)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .errors import UnknownNameError
+from fbseg.errors import UnknownNameError
 
 T = TypeVar("T")
 

@@ -81,14 +81,14 @@ def dino_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def b16_visual(b16_ckpt):
     """The image tower of a random ViT-B-16 loaded from its file, fp32, eval."""
-    from fbseg.backbones import load_clip
+    from fbseg.models.clip import load_clip
 
     return load_clip("ViT-B-16", None, b16_ckpt).visual
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_ckpt):
-    from fbseg.backbones import load_clip
+    from fbseg.models.clip import load_clip
 
     return load_clip(TINY, None, tiny_ckpt)
 

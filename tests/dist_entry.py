@@ -15,7 +15,7 @@ from fbseg_cli import main  # noqa: E402
 
 
 def _die_on_second_batch() -> None:
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     real = Segmenter.segment_batch
     calls = {"n": 0}

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 import naive
 from conftest import ASSETS, TINY, random_image
-from fbseg import batch
-from fbseg.inference import protocol_size
-from fbseg.segmenter import Segmenter
+from fbseg.runs import batch
+from fbseg.pipeline.window import protocol_size
+from fbseg.pipeline.segmenter import Segmenter
 from fbseg_cli import app
 from test_cli import FAST, _bad_folder
 from test_pipeline import _normalised, _with_text
@@ -37,7 +37,7 @@ def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monk
     batches = []
     real = seg.crop_model
 
-    import fbseg.segmenter as segmod
+    import fbseg.pipeline.segmenter as segmod
     orig = segmod.crop_logits
 
     def spy(model, crops, *a, **k):

@@ -190,7 +190,7 @@ def test_models_lists_everything():
 
 
 def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkeypatch):
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     src = tmp_path / "in"
     src.mkdir()

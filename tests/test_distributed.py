@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, random_image
-from fbseg.distributed import Dist
+from fbseg.runs.distributed import Dist
 from test_eval import make_dataset
 
 ENTRY = Path(__file__).parent / "dist_entry.py"

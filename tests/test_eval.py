@@ -8,9 +8,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY, interrupt_on_call, random_image
-from fbseg.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
+from fbseg.eval.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
 from fbseg.errors import InputError
-from fbseg.metrics import area_counts, scores_from_counts
+from fbseg.eval.metrics import area_counts, scores_from_counts
 from fbseg_cli import app
 
 
@@ -126,7 +126,7 @@ def _eval_args(root, tiny_ckpt, work, dataset="voc20"):
 
 def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(tmp_path, tiny_ckpt, tiny_clip,
                                                                       monkeypatch):
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     make_dataset("voc20", tmp_path / "data", n=3)
     r = CliRunner().invoke(app, _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w"))
@@ -158,7 +158,7 @@ def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(tmp_path, ti
 
 
 def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     make_dataset("context59", tmp_path / "data", n=4)
     calls = interrupt_on_call(monkeypatch, Segmenter, "segment_batch", 3)

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 import naive
 from conftest import ASSETS, TINY, random_image
 from fbseg.classes import parse_classes
-from fbseg.explain import patch_of, pick_window, to_protocol
-from fbseg.inference import protocol_size
-from fbseg.segmenter import Segmenter
+from fbseg.pipeline.explain import patch_of, pick_window, to_protocol
+from fbseg.pipeline.window import protocol_size
+from fbseg.pipeline.segmenter import Segmenter
 from fbseg_cli import app
 from test_cli import FAST
 from test_pipeline import _normalised, _with_text

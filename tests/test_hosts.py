@@ -5,7 +5,7 @@ import torch
 
 import naive
 from conftest import random_text
-from fbseg.forward import Capture, CropModel, crop_logits
+from fbseg.pipeline.crop import Capture, CropModel, crop_logits
 from fbseg.hosts import get_host
 
 CLIP_HOSTS = ["maskclip", "sclip", "clearclip", "naclip"]

@@ -5,9 +5,9 @@ import torch
 
 import naive
 from conftest import TINY, random_image, random_text
-from fbseg.backbones import CLIP_MEAN, CLIP_STD
-from fbseg.inference import protocol_size, window_boxes
-from fbseg.segmenter import Segmenter
+from fbseg.models.clip import CLIP_MEAN, CLIP_STD
+from fbseg.pipeline.window import protocol_size, window_boxes
+from fbseg.pipeline.segmenter import Segmenter
 
 
 def _normalised(rgb, size):
@@ -62,7 +62,7 @@ def test_segment_matches_naive_slide(tiny_clip, host, hw):
 
 
 def test_one_window_covering_the_image_equals_the_plain_forward(tiny_seg, tiny_clip):
-    from fbseg.forward import CropModel, crop_logits
+    from fbseg.pipeline.crop import CropModel, crop_logits
     from fbseg.hosts import get_host
 
     classes = ["a", "b"]
@@ -141,8 +141,8 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
 def test_large_backbones_build_load_and_match(tmp_path, model):
     """The real ViT-L/14 and ViT-H/14 architectures: saved, loaded back, one host checked."""
     from conftest import save_random_clip
-    from fbseg.backbones import load_clip
-    from fbseg.forward import CropModel, crop_logits
+    from fbseg.models.clip import load_clip
+    from fbseg.pipeline.crop import CropModel, crop_logits
     from fbseg.hosts import get_host
 
     visual = load_clip(model, None, save_random_clip(model, tmp_path / "w.pt")).visual

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 import naive
 from conftest import random_text, save_random_timm
-from fbseg.forward import CropModel, crop_logits
+from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.hosts import get_host
-from fbseg.proxies import PROXIES, load_proxy, proxy_features, proxy_input
+from fbseg.models.proxies import PROXIES, load_proxy, proxy_features, proxy_input
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_dinov2_features_equal_timm_dynamic_size(dinov2_ckpt):
 
 
 def test_proxy_attention_matches_naive_and_never_nans():
-    from fbseg.attention import proxy_attention
+    from fbseg.hosts.attention import proxy_attention
 
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 32, 50, generator=g)

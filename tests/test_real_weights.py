@@ -26,7 +26,7 @@ def real_cache(monkeypatch):
 
 
 def test_default_model_ranks_cat_first():
-    from fbseg.segmenter import Segmenter
+    from fbseg.pipeline.segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(host="naclip", device="cpu", precision="fp32")
     text = seg.encode_text(",".join(UNRELATED))

@@ -12,9 +12,9 @@ import torch
 
 from conftest import random_image
 from weights_cache import hub_repo_of, lay_in_hub_cache, random_state
-from fbseg.backbones import BACKBONES
+from fbseg.models.clip import BACKBONES
 from fbseg.errors import ConfigError
-from fbseg.segmenter import Segmenter
+from fbseg.pipeline.segmenter import Segmenter
 
 SLOW = {"ViT-L-14", "ViT-H-14"}
 NON_PROXY_HOST = "naclip"
@@ -43,16 +43,16 @@ def offline_hub(tmp_path, monkeypatch):
     """An empty hub cache, offline: only what a test lays there can load."""
     from huggingface_hub import constants
 
-    import fbseg.weights
+    import fbseg.models.weights
 
     cache = tmp_path / "hub"
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    fbseg.weights.hub_reachable.cache_clear()
+    fbseg.models.weights.hub_reachable.cache_clear()
     yield cache
-    fbseg.weights.hub_reachable.cache_clear()
+    fbseg.models.weights.hub_reachable.cache_clear()
 
 
 def assert_network_as_declared(seg: Segmenter, model: str, tag: str) -> None:
@@ -93,7 +93,7 @@ def test_default_tag_builds_the_declared_network(offline_hub, model, tag):
 
 def test_default_segmenter_is_quickgelu(offline_hub, dino_ckpt):
     """The default command's model, ViT-B-16/openai, from the cache: QuickGELU everywhere."""
-    from fbseg.backbones import DEFAULT_BACKBONE, default_pretrained
+    from fbseg.models.clip import DEFAULT_BACKBONE, default_pretrained
 
     tag = default_pretrained(DEFAULT_BACKBONE)
     lay_in_hub_cache(offline_hub, hub_repo_of(DEFAULT_BACKBONE, tag), random_state(DEFAULT_BACKBONE))
@@ -178,8 +178,8 @@ def _tiny_pair(tiny_ckpt):
 def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
     """Text embeddings and eval counts are keyed by the network, not only the weights' name."""
     from conftest import TINY
-    from fbseg.datasets import DATASETS
-    from fbseg.evaluate import run_key
+    from fbseg.eval.datasets import DATASETS
+    from fbseg.eval.evaluate import run_key
 
     gelu, quick = _tiny_pair(tiny_ckpt)
     kw = dict(model_name=TINY, host=NON_PROXY_HOST, device="cpu", precision="fp32",
@@ -190,7 +190,7 @@ def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
     assert new.text_cache.folder != old.text_cache.folder
     fresh = new.encode_text("cat,floor")
     assert new.text_cache.hits == 0 and new.text_cache.misses == 2
-    from fbseg.text import encode_names
+    from fbseg.models.text import encode_names
 
     expected = encode_names(quick, new.tokenizer, ["cat", "floor"], torch.device("cpu"))
     torch.testing.assert_close(fresh, expected)

@@ -1,10 +1,13 @@
 """The host registry: every last-block attention fbseg can run, FSA on or off."""
 from __future__ import annotations
 
-from ..registry import Registry
-from .base import Host, LastBlock
-from .clip_hosts import NACLIP, SCLIP, ClearCLIP, MaskCLIP
-from .proxyclip import ProxyCLIP
+from fbseg.registry import Registry
+from fbseg.hosts.base import Host, LastBlock
+from fbseg.hosts.clearclip import ClearCLIP
+from fbseg.hosts.maskclip import MaskCLIP
+from fbseg.hosts.naclip import NACLIP
+from fbseg.hosts.sclip import SCLIP
+from fbseg.hosts.proxyclip import ProxyCLIP
 
 HOSTS: Registry[Host] = Registry("host")
 for _host in (MaskCLIP(), SCLIP(), ClearCLIP(), NACLIP(), ProxyCLIP()):

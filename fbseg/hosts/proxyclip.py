@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention import proxy_attention
-from .base import Host, LastBlock, split_heads
+from fbseg.hosts.attention import proxy_attention
+from fbseg.hosts.base import Host, LastBlock, split_heads
 
 
 class ProxyCLIP(Host):

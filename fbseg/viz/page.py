@@ -16,8 +16,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from . import blend, palette
-from .sheet import colormap
+from fbseg.viz import blend, palette
+from fbseg.viz.sheet import colormap
 
 PAGE_BUDGET = 8_000_000  # bytes of embedded rows, before base64
 VIEW_SIDE = 640

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import _font, blend, disagreement, legend_panel, palette
+from fbseg.viz import _font, blend, disagreement, legend_panel, palette
 
 PANEL = 260  # longest side of an image panel
 GAP = 10
@@ -121,7 +121,7 @@ class _Canvas:
 
 
 def explain_sheet(exp, title: str = "") -> Image.Image:
-    """The whole sheet for an ``fbseg.explain.Explanation``."""
+    """The whole sheet for an ``fbseg.pipeline.explain.Explanation``."""
     H, W = exp.rgb.shape[:2]
     size = _fit(H, W)
     sy, sx = size[0] / H, size[1] / W

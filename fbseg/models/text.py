@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import atomic_write_bytes
+from fbseg.io import atomic_write_bytes
 
 log = logging.getLogger("fbseg")
 TEMPLATE_SET = "openai_imagenet_80"

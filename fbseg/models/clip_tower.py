@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .pos_embed import resize_pos_table
+from fbseg.models.pos_embed import resize_pos_table
 
 
 def clip_position_table(visual: nn.Module, grid: tuple[int, int]) -> torch.Tensor:

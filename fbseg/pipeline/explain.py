@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import fsa
-from .classes import ClassList
-from .errors import ConfigError
-from .forward import Capture, crop_logits
-from .inference import (centred_pad, class_probabilities, labels_from_probs, slide, window_boxes)
+from fbseg import fsa
+from fbseg.classes import ClassList
+from fbseg.errors import ConfigError
+from fbseg.pipeline.crop import Capture, crop_logits
+from fbseg.pipeline.window import (centred_pad, class_probabilities, labels_from_probs, slide, window_boxes)
 
 MAX_AUTO_POINTS = 6
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .classes import ClassList, parse_classes
-from .errors import InputError
-from .registry import Registry
+from fbseg.classes import ClassList, parse_classes
+from fbseg.errors import InputError
+from fbseg.registry import Registry
 
 IGNORE_INDEX = 255
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import FbsegError, WeightsUnavailableError
+from fbseg.errors import FbsegError, WeightsUnavailableError
 
 T = TypeVar("T")
 HUB_HOST = ("huggingface.co", 443)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import DatasetSpec, Sample, load_label
-from .errors import InputError
-from .io import atomic_write_bytes
-from .metrics import Scores, area_counts, scores_from_counts
+from fbseg.eval.datasets import DatasetSpec, Sample, load_label
+from fbseg.errors import InputError
+from fbseg.io import atomic_write_bytes
+from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
 
 LOGIT_SCALE = 40.0
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, NoInputError, OutputError
-from .io import atomic_write_bytes, read_image, remove_stale_temporaries
-from .result import SegmentationResult
-from .viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
+from fbseg.errors import InputError, NoInputError, OutputError
+from fbseg.io import atomic_write_bytes, read_image, remove_stale_temporaries
+from fbseg.result import SegmentationResult
+from fbseg.viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 RUN_SUMMARY = "summary.json"

@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .backbones import DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip, network_of
-from .classes import ClassList, parse_classes
-from .clip_encoder import patch_size
-from .errors import ConfigError
-from .forward import CropModel, crop_logits
-from .hosts import DEFAULT_HOST, get_host
-from .inference import (class_probabilities, labels_from_probs, protocol_size, resize_image,
+from fbseg import __version__
+from fbseg.models.clip import DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip, network_of
+from fbseg.classes import ClassList, parse_classes
+from fbseg.models.clip_tower import patch_size
+from fbseg.errors import ConfigError
+from fbseg.pipeline.crop import CropModel, crop_logits
+from fbseg.hosts import DEFAULT_HOST, get_host
+from fbseg.pipeline.window import (class_probabilities, labels_from_probs, protocol_size, resize_image,
                         slide_many)
-from .io import ImageLike, read_image
-from .proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
-from .result import SegmentationResult
-from .text import TextCache
-from .weights import cache_dir
+from fbseg.io import ImageLike, read_image
+from fbseg.models.proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
+from fbseg.result import SegmentationResult
+from fbseg.models.text import TextCache
+from fbseg.models.weights import cache_dir
 
 # Bumped whenever a change alters the numbers a given model, weights and settings produce, so
 # no cache (text embeddings, eval counts) written before it is read after it.
@@ -273,7 +273,7 @@ class Segmenter:
         """What the model attends to at ``points`` ((x, y) pixels; default: each class's most
         confident pixel): an ``Explanation`` with the rows of A, A_fb and A', FSA's P, the
         nucleus cut, and the host-only and FSA masks. Settings as for ``segment``."""
-        from .explain import explain
+        from fbseg.pipeline.explain import explain
 
         return explain(self, image, _as_classes(classes), points, **settings)
 

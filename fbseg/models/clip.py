@@ -7,9 +7,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, UnknownNameError
-from .registry import Registry
-from .weights import (fetch_pretrained, hf_cached, is_torchscript, load_into, quiet_root_logger,
+from fbseg.errors import ConfigError, UnknownNameError
+from fbseg.registry import Registry
+from fbseg.models.weights import (fetch_pretrained, hf_cached, is_torchscript, load_into, quiet_root_logger,
                       read_state_dict)
 
 log = logging.getLogger("fbseg")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError
-from .io import atomic_write_bytes
-from .viz import png_bytes
+from fbseg.errors import OutputError
+from fbseg.io import atomic_write_bytes
+from fbseg.viz import png_bytes
 
 
 def output_paths(out_dir: Path, image: Path, *, html: bool, save_raw: bool) -> dict[str, Path]:
@@ -29,8 +29,8 @@ def check_free(paths: dict[str, Path], overwrite: bool) -> None:
 
 
 def write(exp, paths: dict[str, Path], *, title: str, overwrite: bool) -> list[Path]:
-    from .viz.page import explain_html
-    from .viz.sheet import explain_sheet
+    from fbseg.viz.page import explain_html
+    from fbseg.viz.sheet import explain_sheet
 
     files = {"sheet": png_bytes(explain_sheet(exp, title))}
     if "html" in paths:

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fsa
-from .backbones import CLIP_MEAN, CLIP_STD
-from .clip_encoder import project, run_to_last_block
-from .hosts import Host
-from .proxies import ProxySpec, proxy_features
+from fbseg import fsa
+from fbseg.models.clip import CLIP_MEAN, CLIP_STD
+from fbseg.models.clip_tower import project, run_to_last_block
+from fbseg.hosts import Host
+from fbseg.models.proxies import ProxySpec, proxy_features
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import IGNORE_INDEX
+from fbseg.eval.datasets import IGNORE_INDEX
 
 
 def area_counts(pred: np.ndarray, label: np.ndarray, num_classes: int,

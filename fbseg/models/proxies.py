@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .backbones import CLIP_MEAN, CLIP_STD
-from .pos_embed import resize_pos_table
-from .registry import Registry
-from .weights import fetch_pretrained, hf_cached, load_into, read_state_dict
+from fbseg.models.clip import CLIP_MEAN, CLIP_STD
+from fbseg.models.pos_embed import resize_pos_table
+from fbseg.registry import Registry
+from fbseg.models.weights import fetch_pretrained, hf_cached, load_into, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

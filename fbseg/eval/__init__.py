@@ -1,0 +1,1 @@
+"""The benchmarks: dataset layouts and protocols, mmseg's metric, and evaluation runs."""

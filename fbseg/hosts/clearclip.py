@@ -1,0 +1,17 @@
+"""ClearCLIP: q-q attention; no residual, no FFN."""
+from __future__ import annotations
+
+from fbseg.hosts.attention import self_attention
+from fbseg.hosts.base import Host, LastBlock, cls_attention_split, split_heads
+
+
+class ClearCLIP(Host):
+    """A = softmax(s·qqᵀ) over CLS + patches; no residual, no FFN."""
+
+    name = "clearclip"
+    description = "q-q attention, no residual, no FFN"
+
+    def last_block(self, block, x, grid, proxy_feats=None) -> LastBlock:
+        q, _, v = split_heads(block, x)
+        attn, v_patch, cls_term = cls_attention_split(self_attention(q), v)
+        return LastBlock(block, attn, v_patch, cls_term, None, grid)

@@ -1,0 +1,2 @@
+"""The networks: weights, CLIP loading and its image tower, proxies, position tables, and
+class-name text embeddings."""
