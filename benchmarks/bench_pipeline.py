@@ -52,11 +52,12 @@ def _segmenter(args, host: str, feedback: bool, reference: bool, cache: Path | N
         fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
     if cache is not None:
         os.environ["FBSEG_CACHE"] = str(cache)
-    seg = Segmenter.from_pretrained("ViT-B-16", checkpoint=args.checkpoint, host=host, proxy="dino",
+    seg = Segmenter.from_pretrained("ViT-B-16", pretrained="openai", checkpoint=args.checkpoint,
+                                    host=host, proxy="dino",
                                     proxy_checkpoint=args.proxy_checkpoint, feedback=feedback,
                                     device=args.device, text_cache=cache is not None)
     if reference:
-        seg.batch_size = 1  # windows one by one
+        seg.windows_per_forward = 1  # windows one by one
     return seg
 
 
@@ -90,28 +91,27 @@ def run_one(args) -> dict:
 
 def run_folder(args) -> dict:
     """A folder of images through fbseg's pipeline, or through a plain sequential loop."""
-    from fbseg.runs import batch
     from fbseg.io import read_image
+    from fbseg.runs.folder import segment_folder
+    from fbseg.runs.inputs import collect_inputs
+    from fbseg.runs.outputs import OutputOptions, output_paths, render_outputs, write_outputs
 
     reference = args.reference
     seg = _segmenter(args, args.host, True, reference, None if reference else Path(args.cache))
     classes = _voc21_classes()
     seg.encode_text(classes)  # both forms encode once per run; the folder time is the images'
-    scan = batch.collect_inputs([args.folder])
-    opts = batch.OutputOptions(Path(args.out), overlay=True, class_labels=classes.labels)
+    scan = collect_inputs([args.folder])
+    opts = OutputOptions(out_dir=Path(args.out), overlay=True, class_labels=classes.labels)
     t0 = time.perf_counter()
     if reference:
         for item in scan.items:
             rgb = read_image(item.path)
             result = seg.segment(rgb, classes)
-            batch.write_outputs(batch.render_outputs(result, rgb, item, opts),
-                                batch.output_paths(item, opts), False)
+            write_outputs(render_outputs(result, rgb, item, opts), output_paths(item, opts), False)
         done = len(scan.items)
     else:
-        outcomes = list(batch.run_items(
-            scan.items, lambda images: seg.segment_batch(images, classes), opts,
-            prepare=lambda rgb: seg.prepare(rgb, 336), group_size=args.group))
-        done = sum(o.status == "done" for o in outcomes)
+        run = segment_folder(seg, scan, classes, opts, images_per_group=args.group)
+        done = run.done_here
     seconds = time.perf_counter() - t0
     return {"images": done, "seconds": seconds, "images_per_s": done / seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

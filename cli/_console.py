@@ -1,7 +1,9 @@
 """The stderr console and the error → exit-code mapping, shared by every command."""
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from rich.console import Console
 
@@ -20,15 +22,16 @@ def stdout_line(text: str) -> None:
     sys.stdout.flush()
 
 
-def run_guarded(body, options: dict) -> None:
-    """Run a command's body; an expected error becomes one red line and its exit code
-    (a traceback only with --debug)."""
+@contextlib.contextmanager
+def guarded(debug: bool) -> Iterator[None]:
+    """A command's body: an expected error becomes one red line and its exit code (a
+    traceback only with --debug)."""
     from fbseg.errors import FbsegError
 
     try:
-        body(**options)
+        yield
     except FbsegError as exc:
-        if options.get("debug"):
+        if debug:
             raise
         fail(exc.one_line(), exc.exit_code)
 

@@ -7,28 +7,35 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, fail, progress_bar, run_guarded, stdout_line
-from ._options import (O, CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt, ModelOpt,
-                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       load_segmenter)
+from fbseg.eval.datasets import DATASETS
 
-HELP = """Evaluate on a benchmark (voc21, voc20, context60, context59, coco-object, coco-stuff,
-cityscapes, ade20k) with the paper's protocol: its class names, short side, window, stride and
-probability threshold. --root is the folder holding the dataset in mmseg's layout (see the
+from ._console import err, fail, guarded, progress_bar, stdout_line
+from ._options import (DEFAULT_HOST_NAME, DEFAULT_MODEL, O, CheckpointOpt, DebugOpt, DeviceOpt,
+                       FeedbackOpt, HostOpt, LamOpt, LogitScaleOpt, ModelChoice, ModelOpt,
+                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
+                       ShortSideOpt, StrideOpt, WindowOpt, load_segmenter, protocol_flags)
+
+HELP = f"""Evaluate on a benchmark ({", ".join(DATASETS.names())}) with the paper's protocol: its
+class names, short side, window, stride and probability threshold (a protocol flag given
+explicitly overrides the dataset's value). --root is the folder holding the dataset in mmseg's layout (see the
 README). Per-image counts are cached in --work-dir, so an interrupted run resumes."""
 
 
 def eval_command(
-    dataset: Annotated[str, typer.Option("--dataset", help="voc21 | voc20 | context60 | context59 | coco-object | coco-stuff | cityscapes | ade20k.", show_default=False)],
+    dataset: Annotated[str, typer.Option("--dataset", help=" | ".join(DATASETS.names()) + ".", show_default=False)],
     root: Annotated[Path, typer.Option("--root", help="Folder holding the dataset (mmseg layout).", show_default=False)],
-    model: ModelOpt = "ViT-B-16",
+    model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    host: HostOpt = "proxyclip",
-    proxy: ProxyOpt = "dino",
+    host: HostOpt = DEFAULT_HOST_NAME,
+    proxy: ProxyOpt = None,
     proxy_checkpoint: ProxyCheckpointOpt = None,
-    feedback: FeedbackOpt = True,
+    feedback: FeedbackOpt = None,
     lam: LamOpt = None,
+    short_side: ShortSideOpt = None,
+    window: WindowOpt = None,
+    stride: StrideOpt = None,
+    logit_scale: LogitScaleOpt = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images (a quick look).", rich_help_panel=O)] = None,
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Where per-image counts and the report go.", rich_help_panel=O)] = Path("fbseg-eval"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=O)] = False,
@@ -37,48 +44,46 @@ def eval_command(
     precision: PrecisionOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    run_guarded(_run, dict(locals()))
+    flags = dict(locals())
+    with guarded(debug):
+        from fbseg.eval import evaluate
+        from fbseg.eval.datasets import find_samples
+        from fbseg.runs import distributed
 
+        spec = DATASETS.get(dataset)
+        samples = find_samples(spec, root)[:limit]
+        # the dataset's protocol, then any protocol flag given explicitly
+        config = protocol_flags(flags, spec.config())
+        dist = distributed.from_environment()
+        show = not quiet and dist.is_main
+        seg = load_segmenter(ModelChoice.from_flags(flags), config, show=show,
+                             device=dist.device_for(device))
+        mine = dist.shard(samples)
+        progress = progress_bar(show)
+        with progress:
+            task = progress.add_task(f"{dataset}", total=len(mine))
+            done = []
 
-def _run(*, dataset, root, model, pretrained, checkpoint, host, proxy, proxy_checkpoint, feedback,
-         lam, limit, work_dir, as_json, quiet, device, precision, debug) -> None:
-    from fbseg.eval import evaluate
-    from fbseg.runs import distributed
-    from fbseg.eval.datasets import DATASETS, find_samples
+            def step(item):
+                done.append(item)
+                progress.update(task, advance=1, description=f"{dataset} {item.sample.id[-30:]}")
 
-    spec = DATASETS.get(dataset)
-    samples = find_samples(spec, root)[:limit]
-    dist = distributed.from_environment()
-    show = not quiet and dist.is_main
-    seg = load_segmenter(model=model, pretrained=pretrained, checkpoint=checkpoint, host=host,
-                         proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=feedback, lam=lam,
-                         device=dist.device_for(device), precision=precision, show=show)
-    mine = dist.shard(samples)
-    progress = progress_bar(show)
-    with progress:
-        task = progress.add_task(f"{dataset}", total=len(mine))
-
-        done = []
-
-        def step(item):
-            done.append(item)
-            progress.update(task, advance=1, description=f"{dataset} {item.sample.id[-30:]}")
-
-        try:
-            report = evaluate.evaluate(seg, spec, mine, work_dir=work_dir, on_image=step)
-        except KeyboardInterrupt:  # every finished image's counts are already on disk
-            fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)
-    report = dist.merge_report(report, len(samples))
-    distributed.shutdown()
-    if not dist.is_main:
-        return
-    path = evaluate.write_report(report, work_dir)
-    data = report.to_json()
-    if as_json:
-        stdout_line(json.dumps(data))
-    if show:
-        _table(data)
-        err.print(f"report: {path}")
+            try:
+                report = evaluate.evaluate(seg, spec, mine, config=config, work_dir=work_dir,
+                                           on_image=step)
+            except KeyboardInterrupt:  # every finished image's counts are already on disk
+                fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)
+        report = evaluate.merge_ranks(report, dist, len(samples))
+        distributed.shutdown()
+        if not dist.is_main:
+            return
+        path = evaluate.write_report(report, work_dir)
+        data = report.to_json()
+        if as_json:
+            stdout_line(json.dumps(data))
+        if show:
+            _table(data)
+            err.print(f"report: {path}")
 
 
 def _table(data: dict) -> None:

@@ -6,10 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._console import err, run_guarded
-from ._options import (O, W, CheckpointOpt, DebugOpt, DeviceOpt, HostOpt, LamOpt, ModelOpt,
-                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       class_list, load_segmenter)
+from ._console import err, guarded
+from ._options import (DEFAULT_HOST_NAME, DEFAULT_MODEL, O, CheckpointOpt, ClassesFileOpt,
+                       ClassesOpt, DebugOpt, DeviceOpt, HostOpt, LamOpt, LogitScaleOpt,
+                       ModelChoice, ModelOpt, OutputOpt, OverwriteOpt, PrecisionOpt,
+                       PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt, ShortSideOpt,
+                       StrideOpt, WindowOpt, class_list, load_segmenter, protocol_flags)
 
 HELP = """Show what the model attends to. For each point (--at X,Y in image pixels; default: the
 most confident pixel of each class) the sheet shows the rows of the host attention A, of
@@ -31,51 +33,47 @@ def _point(text: str) -> tuple[int, int]:
 
 def explain_command(
     image: Annotated[Path, typer.Argument(help="One image.", show_default=False)],
-    classes: Annotated[Optional[str], typer.Option("--classes", "-c", help='Classes, e.g. "cat,sofa; couch".')] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (names split on ';').")] = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     at: Annotated[Optional[list[str]], typer.Option("--at", help="A query point X,Y in pixels of the image (repeatable).")] = None,
-    model: ModelOpt = "ViT-B-16",
+    model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    host: HostOpt = "proxyclip",
-    proxy: ProxyOpt = "dino",
+    host: HostOpt = DEFAULT_HOST_NAME,
+    proxy: ProxyOpt = None,
     proxy_checkpoint: ProxyCheckpointOpt = None,
     lam: LamOpt = None,
-    short_side: Annotated[int, typer.Option("--short-side", help="Resize so the short side is this.", rich_help_panel=W)] = 336,
-    window: Annotated[int, typer.Option("--window", help="Sliding window size.", rich_help_panel=W)] = 336,
-    stride: Annotated[int, typer.Option("--stride", help="Sliding window stride.", rich_help_panel=W)] = 112,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=O)] = Path("fbseg-out"),
+    short_side: ShortSideOpt = None,
+    window: WindowOpt = None,
+    stride: StrideOpt = None,
+    logit_scale: LogitScaleOpt = None,
+    output: OutputOpt = Path("fbseg-out"),
     html: Annotated[bool, typer.Option("--html", help="Also write an interactive, self-contained HTML page.", rich_help_panel=O)] = False,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write the arrays behind every panel (.npz).", rich_help_panel=O)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rewrite existing outputs.", rich_help_panel=O)] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     debug: DebugOpt = False,
 ) -> None:
-    run_guarded(_run, dict(locals()))
+    flags = dict(locals())
+    with guarded(debug):
+        from fbseg.io import read_image
+        from fbseg.runs import explain_files
 
-
-def _run(*, image, classes, classes_file, at, model, pretrained, checkpoint, host, proxy,
-         proxy_checkpoint, lam, short_side, window, stride, output, html, save_raw, overwrite,
-         quiet, device, precision, debug) -> None:
-    from fbseg.runs import explain_files
-    from fbseg.io import read_image
-
-    cl = class_list(classes, classes_file)
-    points = [_point(p) for p in at or []]
-    rgb = read_image(image)  # a bad image fails before the model loads
-    targets = explain_files.output_paths(output, image, html=html, save_raw=save_raw)
-    explain_files.check_free(targets, overwrite)
-    seg = load_segmenter(model=model, pretrained=pretrained, checkpoint=checkpoint, host=host,
-                         proxy=proxy, proxy_checkpoint=proxy_checkpoint, feedback=True, lam=lam,
-                         device=device, precision=precision, show=not quiet)
-    exp = seg.explain(rgb, cl, points or None, short_side=short_side, window=window, stride=stride)
-    written = explain_files.write(exp, targets, title=f"{image.name} · {model} + {host}"
-                                  f"{' (' + proxy + ')' if host == 'proxyclip' else ''} + FSA",
-                                  overwrite=overwrite)
-    if not quiet:
-        for p in exp.points:
-            err.print(f"point ({p.x}, {p.y}): window {p.window}, patch {p.patch}, "
-                      f"cut kept {int(p.keep.sum())}/{p.keep.size}")
-        err.print("wrote " + ", ".join(str(w) for w in written))
+        cl = class_list(classes, classes_file)
+        config = protocol_flags(flags).replace(feedback=True)  # FSA is what is explained
+        points = [_point(p) for p in at or []]
+        rgb = read_image(image)  # a bad image fails before the model loads
+        targets = explain_files.output_paths(output, image, html=html, save_raw=save_raw)
+        explain_files.check_free(targets, overwrite)
+        choice = ModelChoice.from_flags(flags)
+        seg = load_segmenter(choice, config, show=not quiet)
+        exp = seg.explain(rgb, cl, points or None)
+        written = explain_files.write(exp, targets, title=f"{image.name} · {choice.label()} + FSA",
+                                      overwrite=overwrite)
+        if not quiet:
+            for p in exp.points:
+                err.print(f"point ({p.x}, {p.y}): window {p.window}, patch {p.patch}, "
+                          f"cut kept {int(p.keep.sum())}/{p.keep.size}")
+            err.print("wrote " + ", ".join(str(w) for w in written))

@@ -4,7 +4,8 @@ from __future__ import annotations
 from fbseg.models.clip import BACKBONES, tag_network
 from fbseg.models.clip import is_cached as clip_cached
 from fbseg.hosts import HOSTS
-from fbseg.models.proxies import PROXIES, is_cached as proxy_cached
+from fbseg.models.proxy_specs import PROXIES
+from fbseg.models.proxy_specs import is_cached as proxy_cached
 
 
 def list_backbones() -> list[dict]:
@@ -15,7 +16,7 @@ def list_backbones() -> list[dict]:
 
 
 def list_hosts() -> list[dict]:
-    return [{"name": n, "description": h.description, "uses_proxy": h.uses_proxy,
+    return [{"name": n, "description": h.description, "uses_proxy": h.needs_proxy,
              "residual": h.keeps_residual} for n, h in HOSTS]
 
 

@@ -73,6 +73,12 @@ def gaussian(rows, cols, sigma=5.0):
     return G
 
 
+# Every host this file implements, by registry name; a host registered in fbseg but missing
+# here fails the suite (tests/test_hosts.py).
+HOSTS = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
+RESIDUAL_HOSTS = ("maskclip", "sclip")
+
+
 def host_attention(host: str, block, x, grid):
     """Per-head full attentions over CLS + patches (list of (L, L)), or None for MaskCLIP."""
     q, k, _ = qkv(block, x)
@@ -105,7 +111,7 @@ def host_tokens(host: str, block, x, grid):
     """The host's own last-block output for the patches (N, D)."""
     _, _, v = qkv(block, x)
     attn = host_attention(host, block, x, grid)
-    residual = host in ("maskclip", "sclip")
+    residual = host in RESIDUAL_HOSTS
     mixed = [vh[1:] for vh in v] if attn is None else [A[1:] @ vh for A, vh in zip(attn, v)]
     return finish(block, x[1:], mixed, residual)
 
@@ -192,7 +198,7 @@ def crop_state(host: str, visual, crop, text, lam: float, proxy_feats: torch.Ten
     CLS terms, the host tokens, P and A_fb."""
     x, grid = last_block_input(visual, crop)
     block = visual.transformer.resblocks[-1]
-    residual = host in ("maskclip", "sclip")
+    residual = host in RESIDUAL_HOSTS
     _, _, v = qkv(block, x)
     full = None
     if host == "proxyclip":

@@ -10,12 +10,15 @@ from typer.testing import CliRunner
 
 import naive
 from conftest import ASSETS, TINY, random_image
-from fbseg.runs import batch
+from fbseg.runs import folder as folder_run
+from fbseg.runs.inputs import collect_inputs
+from fbseg.runs.outputs import OutputOptions
+from fbseg.runs.stream import ItemStatus, stream_items
 from fbseg.pipeline.window import protocol_size
 from fbseg.pipeline.segmenter import Segmenter
 from fbseg_cli import app
-from test_cli import FAST, _bad_folder
-from test_pipeline import _normalised, _with_text
+from helpers import FAST, bad_folder
+from helpers import normalised, with_text
 
 
 def run(args):
@@ -29,9 +32,9 @@ def fast(tiny_ckpt):
 
 def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monkeypatch):
     seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32",
-                    batch_size=5)  # 3 + 3 + 3 windows of 64²: batches mix images
+                    windows_per_forward=5)  # 3 + 3 + 3 windows of 64²: batches mix images
     classes = ["cat", "sofa; couch", "floor"]
-    _with_text(seg, classes, 32)
+    with_text(seg, classes, 32)
     sizes = [(70, 130), (64, 100), (150, 90)]
     images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     batches = []
@@ -54,7 +57,7 @@ def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monk
         with torch.no_grad():
             expected = naive.slide_probs(
                 lambda c: naive.crop_logits("naclip", real.visual, c, text, False, 3.0),
-                _normalised(rgb, size), 64, 32, 16, rgb.shape[:2], 40.0, [0, 1, 1, 2])
+                normalised(rgb, size), 64, 32, 16, rgb.shape[:2], 40.0, [0, 1, 1, 2])
         np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
 
 
@@ -73,17 +76,18 @@ def test_pipeline_keeps_input_order_and_groups(tmp_path):
     for i in range(7):
         Image.fromarray(random_image(10 + i, 12, seed=i)).save(src / f"im{i}.png")
     (src / "im3.png").write_bytes(b"junk")
-    scan = batch.collect_inputs([str(src)])
+    scan = collect_inputs([str(src)])
     groups = []
 
     def segment_batch(payloads):
         groups.append(len(payloads))
         return [_fake_result(p) for p in payloads]
 
-    opts = batch.OutputOptions(tmp_path / "out")
-    outcomes = list(batch.run_items(scan.items, segment_batch, opts, group_size=3, prefetch=2))
+    opts = OutputOptions(out_dir=tmp_path / "out")
+    outcomes = list(stream_items(scan.items, segment_batch, opts, images_per_group=3, prefetch=2))
     assert [o.item.display for o in outcomes] == [str(src / f"im{i}.png") for i in range(7)]
-    assert [o.status for o in outcomes] == ["done"] * 3 + ["failed"] + ["done"] * 3
+    done, failed = ItemStatus.DONE, ItemStatus.FAILED
+    assert [o.status for o in outcomes] == [done] * 3 + [failed] + [done] * 3
     assert groups == [3, 3]
     for i in (0, 6):
         assert np.asarray(Image.open(tmp_path / "out" / f"im{i}.mask.png")).shape == (10 + i, 12)
@@ -108,10 +112,10 @@ def test_unreadable_and_vanishing_files_are_reported(tmp_path, fast, monkeypatch
     """Faults injected where the code opens files: root can read anything, so no chmod."""
     import fbseg.io
 
-    good = _bad_folder(tmp_path / "in")
+    good = bad_folder(tmp_path / "in")
     Image.fromarray(random_image(20, 20, seed=9)).save(tmp_path / "in" / "locked.png")
     Image.fromarray(random_image(20, 20, seed=8)).save(tmp_path / "in" / "vanish.png")
-    real_open, real_collect = fbseg.io.Image.open, batch.collect_inputs
+    real_open, real_collect = fbseg.io.Image.open, folder_run.collect_inputs
 
     def guarded_open(fp, *a, **k):
         if str(fp).endswith("locked.png"):
@@ -124,7 +128,7 @@ def test_unreadable_and_vanishing_files_are_reported(tmp_path, fast, monkeypatch
         return scan
 
     monkeypatch.setattr(fbseg.io.Image, "open", guarded_open)
-    monkeypatch.setattr(batch, "collect_inputs", collect_then_delete)
+    monkeypatch.setattr(folder_run, "collect_inputs", collect_then_delete)
     out = tmp_path / "out"
     r = run(["segment", str(tmp_path / "in"), "-c", "a,b", "-o", str(out), *fast])
     assert r.exit_code == 4

@@ -12,10 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import ASSETS, TINY, interrupt_on_call, random_image
+from helpers import FAST, bad_folder
 from fbseg_cli import app
-
-FAST = ["--model", TINY, "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32"]
-
 
 def run(args, **kw):
     return CliRunner().invoke(app, args, catch_exceptions=False, **kw)
@@ -65,28 +63,8 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, fast):
     assert json.loads((tmp_path / "cat.json").read_text())["classes"][0]["class"] == "cat"
 
 
-def _bad_folder(root: Path) -> dict:
-    root.mkdir()
-    good = {}
-    Image.fromarray(random_image(60, 80)).save(root / "good.png"); good["good"] = (60, 80)
-    (root / "empty.jpg").write_bytes(b"")
-    (root / "text.png").write_text("not an image")
-    data = (ASSETS / "coffee.jpg").read_bytes()
-    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    Image.fromarray(random_image(40, 50)).convert("CMYK").save(root / "cmyk.jpg"); good["cmyk"] = (40, 50)
-    Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)).save(root / "deep16.png")
-    good["deep16"] = (30, 40)
-    pal = Image.fromarray(random_image(30, 30)).convert("P")
-    pal.save(root / "palette.png", transparency=0); good["palette"] = (30, 30)
-    rot = Image.fromarray(random_image(20, 60))
-    exif = rot.getexif(); exif[0x0112] = 6  # rotate 90°: displayed 60 high, 20 wide
-    rot.save(root / "rotated.jpg", exif=exif); good["rotated"] = (60, 20)
-    (root / "notes.txt").write_text("skip me")
-    return good
-
-
 def test_bad_files_are_reported_and_the_rest_done(tmp_path, fast):
-    good = _bad_folder(tmp_path / "in")
+    good = bad_folder(tmp_path / "in")
     out = tmp_path / "out"
     r = run(["segment", str(tmp_path / "in"), "-c", "a,b", "-o", str(out), *fast])
     assert r.exit_code == 4, r.output
@@ -184,7 +162,9 @@ def test_help_does_not_import_torch():
 def test_models_lists_everything():
     r = run(["models", "--json"])
     data = json.loads(r.stdout)
-    assert {h["name"] for h in data["hosts"]} == {"maskclip", "sclip", "clearclip", "naclip", "proxyclip"}
+    from fbseg.hosts import HOSTS
+
+    assert [h["name"] for h in data["hosts"]] == HOSTS.names()
     assert {"dino", "dinov2", "sam", "mae"} <= {p["name"] for p in data["proxies"]}
     assert [b["name"] for b in data["backbones"]] == ["ViT-B-16", "ViT-H-14", "ViT-L-14"]
 

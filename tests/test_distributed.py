@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import TINY, random_image
 from fbseg.runs.distributed import Dist
-from test_eval import make_dataset
+from helpers import make_dataset
 
 ENTRY = Path(__file__).parent / "dist_entry.py"
 

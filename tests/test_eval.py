@@ -8,35 +8,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY, interrupt_on_call, random_image
+from helpers import make_dataset
 from fbseg.eval.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
 from fbseg.errors import InputError
 from fbseg.eval.metrics import area_counts, scores_from_counts
 from fbseg_cli import app
-
-
-def make_dataset(name: str, root: Path, n: int = 3, size=(24, 32), seed: int = 0) -> list[str]:
-    """Write ``n`` random images and label maps in the dataset's mmseg layout; return ids."""
-    spec = DATASETS.get(name)
-    lay = spec.layout
-    rng = np.random.default_rng(seed)
-    ids = []
-    for i in range(n):
-        sample_id = f"city{i % 2}/img{i}" if name == "cityscapes" else f"img{i:03d}"
-        ids.append(sample_id)
-        img = root / lay.images / f"{sample_id}{lay.img_suffix}"
-        lbl = root / lay.labels / f"{sample_id}{lay.label_suffix}"
-        img.parent.mkdir(parents=True, exist_ok=True)
-        lbl.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(random_image(*size, seed=seed + i)).save(img)
-        top = spec.num_classes + (1 if spec.reduce_zero_label else 0)
-        label = rng.integers(0, top, size=size).astype(np.uint8)
-        label[0, :3] = IGNORE_INDEX
-        Image.fromarray(label).save(lbl)
-    if lay.split:
-        split = root / lay.split
-        split.parent.mkdir(parents=True, exist_ok=True)
-        split.write_text("\n".join(ids) + "\n")
-    return ids
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -58,9 +34,15 @@ def test_reference_names_and_protocol():
     assert len(voc21.flat_names) == 46
     city = DATASETS.get("cityscapes")
     assert "trafficlight" in city.classes().labels and "trafficsign" in city.classes().labels
-    assert (city.short_side, city.window, city.stride) == (448, 224, 80)
-    assert {n: DATASETS.get(n).prob_threshold for n in ("voc21", "context60", "coco-object")} == \
-        {"voc21": 0.2, "context60": 0.14, "coco-object": 0.3}
+    # (short side, window, stride, prob_thd, logit scale) per dataset, as the README's table
+    # quotes the reference's configs; every other value is SegmentConfig's default.
+    table = {n: (c.short_side, c.window, c.stride, c.prob_threshold, c.logit_scale)
+             for n, c in ((n, DATASETS.get(n).config()) for n in DATASETS.names())}
+    assert table == {
+        "voc21": (336, 336, 112, 0.2, 40.0), "voc20": (336, 336, 112, 0.0, 40.0),
+        "context60": (336, 336, 112, 0.14, 40.0), "context59": (336, 336, 112, 0.0, 40.0),
+        "coco-object": (336, 336, 112, 0.3, 40.0), "coco-stuff": (336, 336, 112, 0.0, 40.0),
+        "cityscapes": (448, 224, 80, 0.0, 40.0), "ade20k": (448, 336, 112, 0.0, 40.0)}
     assert [n for n in DATASETS.names() if DATASETS.get(n).reduce_zero_label] == ["ade20k", "context59", "voc20"]
 
 

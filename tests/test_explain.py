@@ -15,8 +15,8 @@ from fbseg.pipeline.explain import patch_of, pick_window, to_protocol
 from fbseg.pipeline.window import protocol_size
 from fbseg.pipeline.segmenter import Segmenter
 from fbseg_cli import app
-from test_cli import FAST
-from test_pipeline import _normalised, _with_text
+from helpers import FAST
+from helpers import normalised, with_text
 
 KW = dict(short_side=64, window=56, stride=32)  # crops of 56 padded to 64: 4×4 grids
 
@@ -25,7 +25,7 @@ KW = dict(short_side=64, window=56, stride=32)  # crops of 56 padded to 64: 4×4
 def explained(tiny_clip):
     seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
     classes = ["cat", "sofa; couch", "floor"]
-    _with_text(seg, classes, 32)
+    with_text(seg, classes, 32)
     rgb = random_image(70, 130, seed=4)  # protocol 64×119: windows at x = 0, 32, 63
     H, W = rgb.shape[:2]
     points = [(0, 0), (W - 1, H - 1), (W - 1, 0), (0, H - 1), (64, 35)]
@@ -55,7 +55,7 @@ def test_points_map_to_windows_and_patches_at_corners(explained):
 def test_rows_equal_the_naive_computation_and_sum_as_defined(explained, tiny_clip):
     seg, rgb, cl, exp = explained
     text = seg.encode_text(cl)
-    img = _normalised(rgb, exp.protocol_size)
+    img = normalised(rgb, exp.protocol_size)
     for p in exp.points:
         y1, y2, x1, x2 = exp.windows[p.window].box
         crop = torch.nn.functional.pad(img[:, y1:y2, x1:x2], (4, 4, 4, 4))

@@ -6,9 +6,18 @@ import torch
 import naive
 from conftest import random_text
 from fbseg.pipeline.crop import Capture, CropModel, crop_logits
-from fbseg.hosts import get_host
+from fbseg.hosts import HOSTS, build_host
 
-CLIP_HOSTS = ["maskclip", "sclip", "clearclip", "naclip"]
+# Every registered host that attends on CLIP's own grid; ProxyCLIP has its own tests.
+CLIP_HOSTS = [name for name, entry in HOSTS if not entry.needs_proxy]
+
+
+def test_every_registered_host_has_a_naive_counterpart():
+    """A new host must come with its naive implementation in tests/naive.py."""
+    assert set(HOSTS.names()) == set(naive.HOSTS)
+    assert {n for n, e in HOSTS if e.keeps_residual} == set(naive.RESIDUAL_HOSTS)
+    for name, entry in HOSTS:
+        assert entry.load().name == name  # the class knows its registry name
 
 
 def _crop(h, w, seed=0):
@@ -17,7 +26,7 @@ def _crop(h, w, seed=0):
 
 
 def _ours(visual, host, crop, text, feedback, lam=3.0, capture=None):
-    model = CropModel(visual, get_host(host))
+    model = CropModel(visual, build_host(host))
     return crop_logits(model, crop, text, feedback=feedback, lam=lam, window=crop.shape[-1],
                        capture=capture)[0]
 

@@ -5,26 +5,11 @@ import torch
 
 import naive
 from conftest import TINY, random_image, random_text
+from helpers import normalised, with_text
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 from fbseg.pipeline.window import protocol_size, window_boxes
+from fbseg.hosts import HOSTS
 from fbseg.pipeline.segmenter import Segmenter
-
-
-def _normalised(rgb, size):
-    img = torch.from_numpy(rgb).permute(2, 0, 1).float()
-    if tuple(img.shape[1:]) != size:
-        img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear",
-                                              align_corners=False)[0].round().clamp(0, 255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
-    return (img - mean) / std
-
-
-def _with_text(seg, classes, dim, seed=5):
-    """Give every name a fixed random embedding (the text path is tested on its own)."""
-    names = [n.strip() for c in classes for n in c.split(";")]
-    for name, emb in zip(names, random_text(len(names), dim, seed)):
-        seg.text_cache.memory[name] = emb.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +17,17 @@ def tiny_seg(tiny_clip):
     return Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
 
 
-@pytest.mark.parametrize("host", ["maskclip", "sclip", "clearclip", "naclip"])
+@pytest.mark.parametrize("host", [name for name, entry in HOSTS if not entry.needs_proxy])
 @pytest.mark.parametrize("hw", [(70, 130), (150, 90)])
 def test_segment_matches_naive_slide(tiny_clip, host, hw):
     seg = Segmenter(tiny_clip, model_name=TINY, host=host, device="cpu", precision="fp32")
     classes = ["cat", "sofa; couch", "floor"]
-    _with_text(seg, classes, 32)
+    with_text(seg, classes, 32)
     rgb = random_image(*hw)
     kw = dict(short_side=64, window=64, stride=32, logit_scale=40.0)
     res = seg.segment(rgb, classes, feedback=False, **kw)
     size = protocol_size(*hw, 64)
-    img = _normalised(rgb, size)
+    img = normalised(rgb, size)
     text = torch.from_numpy(np.stack([seg.text_cache.memory[n] for n in ["cat", "sofa", "couch", "floor"]]))
     with torch.no_grad():
         expected = naive.slide_probs(
@@ -63,15 +48,15 @@ def test_segment_matches_naive_slide(tiny_clip, host, hw):
 
 def test_one_window_covering_the_image_equals_the_plain_forward(tiny_seg, tiny_clip):
     from fbseg.pipeline.crop import CropModel, crop_logits
-    from fbseg.hosts import get_host
+    from fbseg.hosts import build_host
 
     classes = ["a", "b"]
-    _with_text(tiny_seg, classes, 32)
+    with_text(tiny_seg, classes, 32)
     rgb = random_image(64, 96)
     res = tiny_seg.segment(rgb, classes, short_side=None, window=96, stride=96)
-    img = _normalised(rgb, (64, 96))[None]
+    img = normalised(rgb, (64, 96))[None]
     text = torch.from_numpy(np.stack([tiny_seg.text_cache.memory[n] for n in classes]))
-    grid = crop_logits(CropModel(tiny_clip.visual, get_host("naclip")), img, text,
+    grid = crop_logits(CropModel(tiny_clip.visual, build_host("naclip")), img, text,
                        feedback=True, lam=3.0, window=96)
     up = torch.nn.functional.interpolate(grid, size=(64, 96), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(res.probs, torch.softmax(up[0] * 40, 0).numpy(), rtol=0, atol=1e-6)
@@ -91,7 +76,7 @@ def test_protocol_size_is_mmseg_keep_ratio():
 
 def test_threshold_sends_low_confidence_to_the_first_class(tiny_seg):
     classes = ["background", "x", "y"]
-    _with_text(tiny_seg, classes, 32)
+    with_text(tiny_seg, classes, 32)
     rgb = random_image(64, 64)
     free = tiny_seg.segment(rgb, classes, short_side=64, window=64, stride=32)
     top = free.probs.max(axis=0)
@@ -106,7 +91,7 @@ def test_threshold_sends_low_confidence_to_the_first_class(tiny_seg):
 def test_image_inputs_path_pil_array_agree(tiny_seg, tmp_path):
     from PIL import Image
 
-    _with_text(tiny_seg, ["a", "b"], 32)
+    with_text(tiny_seg, ["a", "b"], 32)
     rgb = random_image(60, 90)
     Image.fromarray(rgb).save(tmp_path / "x.png")
     a = tiny_seg.segment(rgb, "a,b", short_side=64, window=64, stride=32)
@@ -143,12 +128,12 @@ def test_large_backbones_build_load_and_match(tmp_path, model):
     from conftest import save_random_clip
     from fbseg.models.clip import load_clip
     from fbseg.pipeline.crop import CropModel, crop_logits
-    from fbseg.hosts import get_host
+    from fbseg.hosts import build_host
 
     visual = load_clip(model, None, save_random_clip(model, tmp_path / "w.pt")).visual
     crop = torch.randn(1, 3, 112, 140, generator=torch.Generator().manual_seed(0))
     text = random_text(3, visual.proj.shape[1])
-    ours = crop_logits(CropModel(visual, get_host("clearclip")), crop, text, feedback=False,
+    ours = crop_logits(CropModel(visual, build_host("clearclip")), crop, text, feedback=False,
                        lam=3.0, window=140)[0]
     with torch.no_grad():
         expected = naive.crop_logits("clearclip", visual, crop[0], text, False, 3.0)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import naive
 from conftest import random_text, save_random_timm
 from fbseg.pipeline.crop import CropModel, crop_logits
-from fbseg.hosts import get_host
+from fbseg.hosts.proxyclip import ProxyCLIP
 from fbseg.models.proxies import PROXIES, load_proxy, proxy_features, proxy_input
 
 
@@ -90,7 +90,7 @@ def test_proxyclip_crop_matches_naive(b16_visual, dino, size):
     text = random_text(5, 512)
     crop = _crop(*size, seed=2)
     spec = PROXIES.get("dino")
-    model = CropModel(b16_visual, get_host("proxyclip"), dino, spec)
+    model = CropModel(b16_visual, ProxyCLIP(dino, spec))
     feats = proxy_features(dino, spec, crop, size[1])
     assert feats.shape[-2:] == (size[0] // 8, size[1] // 8)
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_sam_and_mae_proxies(tmp_path, b16_visual, name, grid):
             expected = proxy.norm(t)[1:]
         torch.testing.assert_close(feats[0].flatten(1).T, expected, rtol=0, atol=1e-4)
     text = random_text(3, 512)
-    model = CropModel(b16_visual, get_host("proxyclip"), proxy, spec)
+    model = CropModel(b16_visual, ProxyCLIP(proxy, spec))
     with torch.no_grad():
         expected = naive.crop_logits("proxyclip", b16_visual, crop[0], text, False, 4.5, feats[0])
     ours = crop_logits(model, crop, text, feedback=False, lam=4.5, window=112)[0]

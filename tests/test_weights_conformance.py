@@ -196,7 +196,7 @@ def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
     torch.testing.assert_close(fresh, expected)
     assert not torch.allclose(fresh, old.encode_text("cat,floor"))
     spec = DATASETS.get("voc20")
-    assert run_key(old.identity(), spec) != run_key(new.identity(), spec)
+    assert run_key(old.identity(), spec, spec.config()) != run_key(new.identity(), spec, spec.config())
     assert old.identity()["network"]["activation"] == "gelu"
     assert new.identity()["network"]["activation"] == "quick_gelu"
 

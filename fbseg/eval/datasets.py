@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fbseg.classes import ClassList, parse_classes
 from fbseg.errors import InputError
+from fbseg.pipeline.config import DEFAULTS, SegmentConfig
 from fbseg.registry import Registry
 
 IGNORE_INDEX = 255
@@ -31,17 +32,19 @@ class Layout:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One benchmark: its files and the reference protocol (fsa.md)."""
+    """One benchmark: its files, and the reference protocol for it as the settings that differ
+    from ``SegmentConfig``'s defaults (``protocol_overrides``, field → value pairs)."""
 
     name: str
     title: str
     layout: Layout
     num_classes: int
     reduce_zero_label: bool
-    short_side: int
-    window: int = 336
-    stride: int = 112
-    prob_threshold: float = 0.0
+    protocol_overrides: tuple[tuple[str, float | int], ...] = ()
+
+    def config(self, base: SegmentConfig = DEFAULTS) -> SegmentConfig:
+        """``base`` (a Segmenter's config: FSA on/off, λ) with this dataset's protocol."""
+        return base.replace(**dict(self.protocol_overrides))
 
     @property
     def names_file(self) -> str:
@@ -68,16 +71,22 @@ ADE20K = Layout("ADEChallengeData2016/images/validation", "ADEChallengeData2016/
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 for _spec in (
-    DatasetSpec("voc21", "Pascal VOC 2012 (21 classes, background as stuff words)", VOC, 21, False, 336,
-                prob_threshold=0.2),
-    DatasetSpec("voc20", "Pascal VOC 2012 (20 classes, no background)", VOC, 20, True, 336),
-    DatasetSpec("context60", "Pascal Context (60 classes)", CONTEXT, 60, False, 336, prob_threshold=0.14),
-    DatasetSpec("context59", "Pascal Context (59 classes, no background)", CONTEXT, 59, True, 336),
-    DatasetSpec("coco-object", "COCO-Object (80 things + background)", COCO_OBJECT, 81, False, 336,
-                prob_threshold=0.3),
-    DatasetSpec("coco-stuff", "COCO-Stuff 164k (171 classes)", COCO_STUFF, 171, False, 336),
-    DatasetSpec("cityscapes", "Cityscapes (19 classes)", CITYSCAPES, 19, False, 448, window=224, stride=80),
-    DatasetSpec("ade20k", "ADE20K (150 classes)", ADE20K, 150, True, 448),
+    DatasetSpec("voc21", "Pascal VOC 2012 (21 classes, background as stuff words)", VOC, 21,
+                reduce_zero_label=False, protocol_overrides=(("prob_threshold", 0.2),)),
+    DatasetSpec("voc20", "Pascal VOC 2012 (20 classes, no background)", VOC, 20,
+                reduce_zero_label=True),
+    DatasetSpec("context60", "Pascal Context (60 classes)", CONTEXT, 60, reduce_zero_label=False,
+                protocol_overrides=(("prob_threshold", 0.14),)),
+    DatasetSpec("context59", "Pascal Context (59 classes, no background)", CONTEXT, 59,
+                reduce_zero_label=True),
+    DatasetSpec("coco-object", "COCO-Object (80 things + background)", COCO_OBJECT, 81,
+                reduce_zero_label=False, protocol_overrides=(("prob_threshold", 0.3),)),
+    DatasetSpec("coco-stuff", "COCO-Stuff 164k (171 classes)", COCO_STUFF, 171,
+                reduce_zero_label=False),
+    DatasetSpec("cityscapes", "Cityscapes (19 classes)", CITYSCAPES, 19, reduce_zero_label=False,
+                protocol_overrides=(("short_side", 448), ("window", 224), ("stride", 80))),
+    DatasetSpec("ade20k", "ADE20K (150 classes)", ADE20K, 150, reduce_zero_label=True,
+                protocol_overrides=(("short_side", 448),)),
 ):
     DATASETS.register(_spec.name, _spec)
 

@@ -21,18 +21,12 @@ from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.errors import InputError
 from fbseg.io import atomic_write_bytes
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
+from fbseg.pipeline.config import SegmentConfig
 
-LOGIT_SCALE = 40.0
-
-
-def protocol(spec: DatasetSpec) -> dict:
-    """The Segmenter settings of the paper's protocol for this dataset."""
-    return {"short_side": spec.short_side, "window": spec.window, "stride": spec.stride,
-            "logit_scale": LOGIT_SCALE, "prob_threshold": spec.prob_threshold}
-
-
-def run_key(identity: dict, spec: DatasetSpec) -> str:
-    blob = json.dumps({"identity": identity, "dataset": spec.name, "protocol": protocol(spec),
+def run_key(identity: dict, spec: DatasetSpec, config: SegmentConfig) -> str:
+    """A key of everything that decides the counts: the model's identity, the dataset and the
+    protocol it is run with."""
+    blob = json.dumps({"identity": identity, "dataset": spec.name, "protocol": config.protocol(),
                        "reduce_zero_label": spec.reduce_zero_label}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -73,16 +67,15 @@ class CountsCache:
 
 
 def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: CountsCache,
-                prefetch: int = 2) -> Iterator[ImageCounts]:
+                config: SegmentConfig, prefetch: int = 2) -> Iterator[ImageCounts]:
     """Counts of each sample in order: from the cache, or segmented now (the next images are
     decoded and resized in a background thread while the model runs)."""
     classes = spec.classes()
-    settings = protocol(spec)
     cached = {s.id: cache.get(s, spec.num_classes) for s in samples}  # each file read once
     todo = [s for s in samples if cached[s.id] is None]
 
     def load(sample: Sample):
-        return segmenter.prepare(sample.image, spec.short_side), load_label(sample.label,
+        return segmenter.prepare(sample.image, config), load_label(sample.label,
                                                                            spec.reduce_zero_label)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-eval-read") as pool:
@@ -97,7 +90,7 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
             if next_index < len(todo):
                 pending[todo[next_index].id] = pool.submit(load, todo[next_index])
                 next_index += 1
-            result = segmenter.segment_batch([prepared], classes, **settings)[0]
+            result = segmenter.segment_batch([prepared], classes, config)[0]
             if result.labels.shape != label.shape:
                 raise InputError(f"{sample.label}: label map {label.shape[::-1]} does not match "
                                  f"image {result.labels.shape[::-1]}")
@@ -128,21 +121,34 @@ class EvalReport:
 
 
 def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
-             work_dir: Path | None = None,
+             config: SegmentConfig | None = None, work_dir: Path | None = None,
              on_image: Callable[[ImageCounts], None] | None = None) -> EvalReport:
-    """Score ``samples``; counts are cached under ``work_dir/counts/<run key>/``."""
-    identity = segmenter.identity()
-    key = run_key(identity, spec)
+    """Score ``samples`` with ``config`` (default: the segmenter's FSA settings with the
+    dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``."""
+    config = config or spec.config(segmenter.config)
+    identity = segmenter.identity(config)
+    key = run_key(identity, spec, config)
     folder = work_dir / "counts" / key if work_dir is not None else None
     cache = CountsCache(folder)
     totals = np.zeros((4, spec.num_classes), np.int64)
     t0 = time.perf_counter()
-    for item in iter_counts(segmenter, spec, samples, cache):
+    for item in iter_counts(segmenter, spec, samples, cache, config):
         totals += item.counts
         if on_image is not None:
             on_image(item)
-    return EvalReport(spec.name, key, identity, protocol(spec), spec.classes().labels, len(samples),
-                      totals, time.perf_counter() - t0)
+    return EvalReport(spec.name, key, identity, config.protocol(), spec.classes().labels,
+                      len(samples), totals, time.perf_counter() - t0)
+
+
+def merge_ranks(report: EvalReport, dist, total_images: int) -> EvalReport:
+    """The report of the whole run under torchrun: counts summed over ranks (so the mIoU
+    equals one process's), the slowest rank's time, every image counted."""
+    if not dist.active:
+        return report
+    report.totals = dist.all_reduce_sum(report.totals)
+    report.seconds = max(dist.all_gather(report.seconds))
+    report.num_images = total_images
+    return report
 
 
 def write_report(report: EvalReport, work_dir: Path) -> Path:

@@ -7,6 +7,7 @@ by ``LastBlock.finish`` the same way, so the block's tail is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -73,21 +74,63 @@ def split_heads(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return q, k, v
 
 
-class Host:
-    """A training-free last-block attention. Subclasses implement ``last_block``."""
+@dataclass(frozen=True)
+class CropBatch:
+    """The crops a batch of windows is made of, as a host may need to see them.
 
-    name: str = ""
-    description: str = ""
-    uses_proxy: bool = False
-    keeps_residual: bool = False
+    pixels: (B, 3, H, W) padded crops, normalised with ``mean``/``std`` (CLIP's weights' own);
+    window: the protocol's window size (MAE proxies resize the crop to it).
+    """
+
+    pixels: torch.Tensor
+    window: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """What a host factory may need besides CLIP: the proxy for ProxyCLIP."""
+
+    proxy: str | None = None  # None: the proxy registry's default
+    proxy_checkpoint: str | Path | None = None
+
+
+class Host:
+    """A training-free last-block attention; it owns whatever it needs besides CLIP.
+
+    Subclasses implement ``last_block``; the registry (``fbseg.hosts.HOSTS``) maps a name to
+    the class, whose ``build`` makes an instance from ``HostOptions``.
+    """
+
+    name: str = ""  # its name in the registry (fbseg.hosts.HOSTS)
     pad_multiple: int | None = None  # None: the CLIP patch size
+    lam: float | None = None  # FSA's λ for this host, None: the backbone's
+
+    @classmethod
+    def build(cls, options: HostOptions) -> Host:
+        """An instance for ``options`` (weights it needs are loaded here)."""
+        return cls()
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Host:
+        """Move the models the host owns (none for the CLIP-grid hosts)."""
+        return self
+
+    @property
+    def label(self) -> str:
+        """How a report names this host: "naclip", "proxyclip (dino)"."""
+        return self.name
+
+    def identity(self) -> dict:
+        """What besides CLIP decides this host's output (for reports and cache keys)."""
+        return {"host": self.name, "proxy": None, "proxy_weights": None}
 
     def last_block(
         self,
         block: nn.Module,
         x: torch.Tensor,
         grid: tuple[int, int],
-        proxy_feats: torch.Tensor | None = None,
+        crops: CropBatch,
     ) -> LastBlock:
         """x (B, 1+N, D): the input of CLIP's last block; grid: the CLIP (rows, cols)."""
         raise NotImplementedError

@@ -9,9 +9,8 @@ class ClearCLIP(Host):
     """A = softmax(s·qqᵀ) over CLS + patches; no residual, no FFN."""
 
     name = "clearclip"
-    description = "q-q attention, no residual, no FFN"
 
-    def last_block(self, block, x, grid, proxy_feats=None) -> LastBlock:
+    def last_block(self, block, x, grid, crops) -> LastBlock:
         q, _, v = split_heads(block, x)
         attn, v_patch, cls_term = cls_attention_split(self_attention(q), v)
         return LastBlock(block, attn, v_patch, cls_term, None, grid)

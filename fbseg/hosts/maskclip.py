@@ -8,9 +8,7 @@ class MaskCLIP(Host):
     """A = I (values only); residual and FFN kept, as the official block."""
 
     name = "maskclip"
-    description = "identity attention (values only), residual + FFN kept"
-    keeps_residual = True
 
-    def last_block(self, block, x, grid, proxy_feats=None) -> LastBlock:
+    def last_block(self, block, x, grid, crops) -> LastBlock:
         _, _, v = split_heads(block, x)
         return LastBlock(block, None, v[:, :, 1:], None, x[:, 1:], grid)

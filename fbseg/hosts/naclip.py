@@ -9,10 +9,9 @@ class NACLIP(Host):
     """A = softmax(s·kkᵀ + G_σ) with a Gaussian over the patch grid; no residual, no FFN."""
 
     name = "naclip"
-    description = "k-k attention + Gaussian neighbourhood (σ=5), no residual, no FFN"
     sigma = 5.0
 
-    def last_block(self, block, x, grid, proxy_feats=None) -> LastBlock:
+    def last_block(self, block, x, grid, crops) -> LastBlock:
         _, k, v = split_heads(block, x)
         A = self_attention(k, neighbourhood_bias(grid, self.sigma, k))
         attn, v_patch, cls_term = cls_attention_split(A, v)

@@ -9,10 +9,8 @@ class SCLIP(Host):
     """A = softmax(s·qqᵀ) + softmax(s·kkᵀ) over CLS + patches; residual and FFN kept."""
 
     name = "sclip"
-    description = "q-q + k-k correlative attention, residual + FFN kept"
-    keeps_residual = True
 
-    def last_block(self, block, x, grid, proxy_feats=None) -> LastBlock:
+    def last_block(self, block, x, grid, crops) -> LastBlock:
         q, k, v = split_heads(block, x)
         A = self_attention(q) + self_attention(k)
         attn, v_patch, cls_term = cls_attention_split(A, v)

@@ -6,25 +6,27 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fbseg.models.proxy_specs import PosResize
 
-def resize_pos_table(table: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
+
+def resize_pos_table(table: torch.Tensor, grid: tuple[int, int], mode: PosResize) -> torch.Tensor:
     """Resize a square (1, n0·n0, C) patch position table to ``grid`` = (rows, cols).
 
-    mode "plus01": bicubic with scale factor ((rows+0.1)/n0, (cols+0.1)/n0), no antialias —
-    the form of the CLIP hosts' reference code and of DINO; "size": bicubic to the target
-    size; "size_aa": the same with antialias. The table is returned as is when it fits.
+    mode PLUS01: bicubic with scale factor ((rows+0.1)/n0, (cols+0.1)/n0), no antialias —
+    the form of the CLIP hosts' reference code and of DINO; SIZE: bicubic to the target
+    size; SIZE_AA: the same with antialias. The table is returned as is when it fits.
     """
     n0 = int(math.sqrt(table.shape[1]))
     rows, cols = grid
     if (n0, n0) == (rows, cols):
         return table
     t = table.reshape(1, n0, n0, -1).permute(0, 3, 1, 2).float()
-    if mode == "plus01":
+    if mode == PosResize.PLUS01:
         scale = ((rows + 0.1) / n0, (cols + 0.1) / n0)
         t = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
     else:
         t = F.interpolate(t, size=(rows, cols), mode="bicubic", align_corners=False,
-                          antialias=(mode == "size_aa"))
+                          antialias=(mode == PosResize.SIZE_AA))
     if tuple(t.shape[-2:]) != (rows, cols):
         raise ValueError(f"position table resized to {tuple(t.shape[-2:])}, wanted {grid}")
     return t.to(table.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)

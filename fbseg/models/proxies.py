@@ -2,7 +2,6 @@
 reference takes them (hosts.md §5)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,49 +9,14 @@ import torch.nn.functional as F
 
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 from fbseg.models.pos_embed import resize_pos_table
-from fbseg.registry import Registry
-from fbseg.models.weights import fetch_pretrained, hf_cached, load_into, read_state_dict
+from fbseg.models.proxy_specs import (DEFAULT_PROXY, PROXIES, PosResize,  # noqa: F401
+                                      ProxyInput, ProxySpec)
+from fbseg.models.weights import fetch_pretrained, load_into, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class ProxySpec:
-    """A proxy: its timm name, what input it sees and how its position table is resized.
-
-    input:   "crop" (the padded crop), "window" (resized to window×window, MAE),
-             "sam" (resized to 1024×1024, SAM's own grid).
-    pos:     "plus01" (bicubic, scale factor (n+0.1)/n0, no antialias: DINO v1),
-             "size_aa" (bicubic to size, antialias: DINOv2 with registers),
-             "size" (bicubic to size, no antialias: MAE), "native" (SAM).
-    lam:     FSA's λ with this proxy (None: the backbone's default).
-    """
-
-    name: str
-    timm_name: str
-    input: str
-    pos: str
-    lam: float | None = None
-    family: str = ""
-
-
-PROXIES: Registry[ProxySpec] = Registry("proxy")
-for _spec in (
-    ProxySpec("dino", "vit_base_patch8_224.dino", "crop", "plus01", family="dino"),
-    ProxySpec("dino-b16", "vit_base_patch16_224.dino", "crop", "plus01", family="dino"),
-    ProxySpec("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", "crop", "size_aa", family="dinov2"),
-    ProxySpec("dinov2-l", "vit_large_patch14_reg4_dinov2.lvd142m", "crop", "size_aa", family="dinov2"),
-    ProxySpec("sam", "samvit_base_patch16.sa1b", "sam", "native", family="sam"),
-    ProxySpec("sam-l", "samvit_large_patch16.sa1b", "sam", "native", family="sam"),
-    ProxySpec("sam-h", "samvit_huge_patch16.sa1b", "sam", "native", family="sam"),
-    ProxySpec("mae", "vit_base_patch16_224.mae", "window", "size", lam=4.5, family="mae"),
-    ProxySpec("mae-l", "vit_large_patch16_224.mae", "window", "size", lam=4.5, family="mae"),
-    ProxySpec("mae-h", "vit_huge_patch14_224.mae", "window", "size", lam=4.5, family="mae"),
-):
-    PROXIES.register(_spec.name, _spec)
-
-DEFAULT_PROXY = "dino"
 SAM_INPUT = 1024
 
 
@@ -72,14 +36,7 @@ def load_proxy(spec: ProxySpec, checkpoint: str | Path | None = None) -> torch.n
     return model.eval()
 
 
-def is_cached(spec: ProxySpec) -> bool:
-    import timm.models
-
-    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-    return hf_cached(getattr(cfg, "hf_hub_id", None))
-
-
-def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: str) -> torch.Tensor:
+def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: PosResize) -> torch.Tensor:
     """Last-layer, final-norm patch tokens of a timm ViT, prefix tokens dropped: (B, C, H, W)."""
     pe = model.patch_embed
     tokens = pe.proj(x)  # (B, C, rows, cols)
@@ -126,9 +83,9 @@ def proxy_features(model: torch.nn.Module, spec: ProxySpec, crops: torch.Tensor,
     """Proxy features (B, C_f, Hf, Wf) for padded crops (B, 3, H, W) in CLIP-normalised space
     (normalised with ``clip_mean``/``clip_std``)."""
     x = proxy_input(crops, clip_mean, clip_std)
-    if spec.input == "sam":
+    if spec.input is ProxyInput.SAM:
         x = F.interpolate(x, size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)
         return model.forward_features(x)
-    if spec.input == "window":
+    if spec.input is ProxyInput.WINDOW:
         x = F.interpolate(x, size=(window, window), mode="bilinear", align_corners=False)
     return _vit_features(model, x, spec.pos)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def encode_names(clip: torch.nn.Module, tokenizer, names: Sequence[str],
         out.append(F.normalize(emb, dim=-1))
     per_prompt = torch.cat(out).reshape(len(names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def text_cache_root() -> Path:
+    """Where class-name embeddings are cached: $FBSEG_CACHE or ~/.cache/fbseg."""
+    return Path(os.environ.get("FBSEG_CACHE") or Path.home() / ".cache" / "fbseg")
 
 
 def text_cache_key(identity: dict) -> str:

@@ -18,11 +18,6 @@ T = TypeVar("T")
 HUB_HOST = ("huggingface.co", 443)
 
 
-def cache_dir() -> Path:
-    """fbseg's own cache (text embeddings): $FBSEG_CACHE or ~/.cache/fbseg."""
-    return Path(os.environ.get("FBSEG_CACHE") or Path.home() / ".cache" / "fbseg")
-
-
 def _env_offline() -> bool:
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().lower() in {"1", "true", "yes", "on"}
@@ -87,6 +82,15 @@ def fetch_pretrained(what: str, flag: str, build: Callable[[], T]) -> T:
             f"weights for {what} unavailable ({where}: {exc.__class__.__name__})",
             hint=f"pass {flag} FILE with local weights, or run once with network access",
         ) from None
+
+
+def weights_id(name: str, tag: str | None, checkpoint: str | Path | None) -> str:
+    """The identity of a model's weights for cache keys: the file (path, size, mtime) or the
+    pretrained tag."""
+    if checkpoint is not None:
+        st = Path(checkpoint).stat()
+        return f"{name}|file:{Path(checkpoint).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{name}|{tag}"
 
 
 def hf_cached(repo_id: str | None) -> bool:

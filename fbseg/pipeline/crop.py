@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from fbseg import fsa
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 from fbseg.models.clip_tower import project, run_to_last_block
-from fbseg.hosts import Host
-from fbseg.models.proxies import ProxySpec, proxy_features
+from fbseg.hosts.base import CropBatch, Host
 
 
 @dataclass
@@ -33,12 +32,11 @@ class Capture:
 
 @dataclass
 class CropModel:
-    """The networks one segmentation needs: CLIP's image tower, a host, maybe a proxy."""
+    """The networks one segmentation needs: CLIP's image tower and a host (which owns
+    anything else it needs, such as ProxyCLIP's proxy)."""
 
     visual: nn.Module
     host: Host
-    proxy: nn.Module | None = None
-    proxy_spec: ProxySpec | None = None
     input_mean: tuple[float, ...] = CLIP_MEAN  # what the crops were normalised with
     input_std: tuple[float, ...] = CLIP_STD
 
@@ -69,14 +67,8 @@ def crop_logits(
     ``also_baseline`` appends the host-only logits: (B, 2C, rows, cols), FSA's first.
     """
     x, grid, block = run_to_last_block(model.visual, crops)
-    proxy_feats = None
-    if model.host.uses_proxy:
-        if model.proxy is None or model.proxy_spec is None:
-            raise ValueError("the proxyclip host needs a proxy model")
-        proxy_feats = proxy_features(model.proxy, model.proxy_spec, crops.to(
-            next(model.proxy.parameters()).dtype), window, model.input_mean,
-            model.input_std).to(x.dtype)
-    last = model.host.last_block(block, x, grid, proxy_feats)
+    batch = CropBatch(crops, window, model.input_mean, model.input_std)
+    last = model.host.last_block(block, x, grid, batch)
     Av = last.mixed_by_host()
     host_tokens = last.host_output(Av)
     if not feedback:

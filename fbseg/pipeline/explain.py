@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from fbseg import fsa
 from fbseg.classes import ClassList
 from fbseg.errors import ConfigError
+from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.crop import Capture, crop_logits
 from fbseg.pipeline.window import (centred_pad, class_probabilities, labels_from_probs, slide, window_boxes)
 
@@ -150,21 +151,21 @@ def auto_points(probs: np.ndarray, labels: np.ndarray, limit: int = MAX_AUTO_POI
 
 
 @torch.inference_mode()
-def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, int]] | None = None, *,
-            short_side: int | None = 336, window: int = 336, stride: int = 112,
-            logit_scale: float = 40.0, prob_threshold: float = 0.0,
-            lam: float | None = None) -> Explanation:
+def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, int]] | None,
+            cfg: SegmentConfig) -> Explanation:
     """Run FSA once over every window, keeping what each window computed, and read off the
-    rows at ``points`` (default: ``auto_points``)."""
-    segmenter._check(window, stride, logit_scale, short_side)
-    prepared = segmenter.prepare(image, short_side)
+    rows at ``points`` (default: ``auto_points``). ``cfg`` is resolved by the Segmenter
+    (FSA is on whatever its ``feedback``: there is nothing to explain without it)."""
+    window, stride, logit_scale = cfg.window, cfg.stride, cfg.logit_scale
+    prob_threshold = cfg.prob_threshold
+    prepared = segmenter.prepare(image, cfg)
     rgb, img = prepared.rgb, prepared.tensor.to(segmenter.device, segmenter.dtype)
     H, W = rgb.shape[:2]
     for x, y in points or []:
         if not (0 <= x < W and 0 <= y < H):
             raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
     text = segmenter.encode_text(classes).to(segmenter.dtype)
-    lam_value = segmenter.lam_for(lam)
+    lam_value = segmenter.lam_for(cfg)
     C = text.shape[0]
     captures: list[Capture] = []
 
@@ -178,7 +179,7 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
 
     pad_multiple = segmenter.pad_multiple
     stitched = slide(img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
-                     batch_size=1).float()
+                     windows_per_forward=1).float()
     fb_probs = class_probabilities(stitched[:C], (H, W), logit_scale, classes.name_to_class)
     base_probs = class_probabilities(stitched[C:2 * C], (H, W), logit_scale, classes.name_to_class)
     P_map = F.interpolate(stitched[None, 2 * C:], size=(H, W), mode="bilinear", align_corners=False)[0]

@@ -10,104 +10,64 @@ import numpy as np
 import torch
 
 from fbseg import __version__
-from fbseg.models.clip import DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip, network_of
 from fbseg.classes import ClassList, parse_classes
-from fbseg.models.clip_tower import patch_size
-from fbseg.errors import ConfigError
-from fbseg.pipeline.crop import CropModel, crop_logits
-from fbseg.hosts import DEFAULT_HOST, get_host
-from fbseg.pipeline.window import (class_probabilities, labels_from_probs, protocol_size, resize_image,
-                        slide_many)
+from fbseg.hosts import DEFAULT_HOST, HOSTS, build_host
+from fbseg.hosts.base import Host, HostOptions
 from fbseg.io import ImageLike, read_image
-from fbseg.models.proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy
+from fbseg.models.clip import (DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip,
+                               network_of)
+from fbseg.models.clip_tower import patch_size
+from fbseg.models.text import TextCache, text_cache_root
+from fbseg.models.weights import weights_id
+from fbseg.pipeline.config import DEFAULTS, SegmentConfig
+from fbseg.pipeline.crop import CropModel, crop_logits
+from fbseg.pipeline.device import resolve_device, resolve_precision
+from fbseg.pipeline.window import (class_probabilities, labels_from_probs, protocol_size,
+                                   resize_image, slide_many)
 from fbseg.result import SegmentationResult
-from fbseg.models.text import TextCache
-from fbseg.models.weights import cache_dir
 
 # Bumped whenever a change alters the numbers a given model, weights and settings produce, so
 # no cache (text embeddings, eval counts) written before it is read after it.
 PROTOCOL_VERSION = 2
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but CUDA is not available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device mps requested but MPS is not available")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
-    return PRECISIONS[precision]
-
-
-def _as_classes(classes: ClassList | str | Sequence[str]) -> ClassList:
+def as_classes(classes: ClassList | str | Sequence[str]) -> ClassList:
     return classes if isinstance(classes, ClassList) else parse_classes(classes)
-
-
-def _weights_id(model: str, pretrained: str | None, checkpoint: str | Path | None) -> str:
-    if checkpoint is not None:
-        st = Path(checkpoint).stat()
-        return f"{model}|file:{Path(checkpoint).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return f"{model}|{pretrained}"
 
 
 class Segmenter:
     """CLIP + a host attention (+ FSA): ``segment(image, classes)`` → ``SegmentationResult``.
 
-    Example:
+    ``config`` holds the protocol (``SegmentConfig``); every call may override any of its
+    fields by keyword. Example:
         >>> seg = Segmenter.from_pretrained("ViT-B-16", checkpoint="clip.pt", host="naclip")
-        >>> result = seg.segment("photo.jpg", ["cat", "sofa; couch"])
+        >>> result = seg.segment("photo.jpg", ["cat", "sofa; couch"], window=448)
         >>> result.labels.shape  # (H, W) of the input image
     """
 
-    def __init__(self, clip: torch.nn.Module, *, model_name: str, host: str = DEFAULT_HOST,
-                 proxy: torch.nn.Module | None = None, proxy_spec: ProxySpec | None = None,
-                 feedback: bool = True, lam: float | None = None, device: str = "auto",
-                 precision: str = "auto", weights_id: str | None = None,
-                 text_cache_dir: Path | None = None, batch_size: int = 8,
-                 proxy_weights_id: str | None = None) -> None:
+    def __init__(self, clip: torch.nn.Module, *, model_name: str, host: Host | str = DEFAULT_HOST,
+                 config: SegmentConfig = DEFAULTS, device: str = "auto", precision: str = "auto",
+                 weights_id: str | None = None, text_cache_dir: Path | None = None,
+                 windows_per_forward: int = 8) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model_name = model_name
-        self.host = get_host(host)
-        if self.host.uses_proxy and (proxy is None or proxy_spec is None):
-            raise ConfigError(f"host {host!r} needs a proxy model")
+        host = build_host(host) if isinstance(host, str) else host
+        self.host = host.to(self.device, self.dtype)
         self.clip = clip.eval().to(self.device)
         self.visual = self.clip.visual.to(self.dtype)
-        self.proxy_spec = proxy_spec if self.host.uses_proxy else None
-        self.proxy = proxy.eval().to(self.device, self.dtype) if self.proxy_spec else None
-        self.feedback = feedback
-        if proxy_spec is not None and proxy_spec.lam is not None and self.host.uses_proxy:
-            default = proxy_spec.lam
-        else:
-            default = default_lam(model_name)
-        self.lam = float(lam) if lam is not None else default
-        self.batch_size = batch_size
+        self.config = config
+        self.default_lam = self.host.lam if self.host.lam is not None else default_lam(model_name)
+        self.windows_per_forward = windows_per_forward
         self.patch = patch_size(self.visual)
         self.network = network_of(self.clip)
-        self.crop_model = CropModel(self.visual, self.host, self.proxy, self.proxy_spec,
-                                    input_mean=self.network.mean, input_std=self.network.std)
+        self.crop_model = CropModel(self.visual, self.host, input_mean=self.network.mean,
+                                    input_std=self.network.std)
         import open_clip
 
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.weights_id = weights_id
         self.text_cache = TextCache(text_cache_dir, self.text_identity() if weights_id else None)
-        self.proxy_weights_id = proxy_weights_id if self.proxy_spec else None
         self._mean = torch.tensor(self.network.mean).view(3, 1, 1) * 255.0
         self._std = torch.tensor(self.network.std).view(3, 1, 1) * 255.0
 
@@ -119,131 +79,113 @@ class Segmenter:
         pretrained: str | None = None,
         checkpoint: str | Path | None = None,
         host: str = DEFAULT_HOST,
-        proxy: str = DEFAULT_PROXY,
+        proxy: str | None = None,
         proxy_checkpoint: str | Path | None = None,
-        feedback: bool = True,
-        lam: float | None = None,
+        config: SegmentConfig = DEFAULTS,
         device: str = "auto",
         precision: str = "auto",
         text_cache: bool = True,
-    ) -> "Segmenter":
+        **overrides,
+    ) -> Segmenter:
         """Load CLIP (``open_clip.create_model(model)``) with a pretrained tag or a local
-        file, and the proxy for the proxyclip host (timm) likewise. With no arguments: the
-        reference configuration, ViT-B-16/openai + DINO ViT-B/8 ProxyCLIP + FSA."""
-        host_obj = get_host(host)
-        spec = PROXIES.get(proxy) if host_obj.uses_proxy else None
+        file, and the host with what it owns (ProxyCLIP: the proxy, from timm, likewise).
+        ``overrides`` (``feedback=False``, ``lam=2.0``, ``window=448`` ...) change ``config``.
+        With no arguments: the reference configuration, ViT-B-16/openai + DINO ViT-B/8
+        ProxyCLIP + FSA."""
+        host_entry = HOSTS.get(host)
+        config = config.replace(**overrides)
         resolve_precision(precision, resolve_device(device))  # bad settings fail before loading
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)
-        proxy_model = load_proxy(spec, proxy_checkpoint) if spec is not None else None
-        return cls(clip, model_name=model, host=host, proxy=proxy_model, proxy_spec=spec,
-                   feedback=feedback, lam=lam, device=device, precision=precision,
-                   weights_id=_weights_id(model, pretrained, checkpoint),
-                   proxy_weights_id=(_weights_id(spec.name, "timm", proxy_checkpoint)
-                                     if spec is not None else None),
-                   text_cache_dir=cache_dir() if text_cache else None)
+        built = host_entry.build(HostOptions(proxy=proxy, proxy_checkpoint=proxy_checkpoint))
+        return cls(clip, model_name=model, host=built, config=config, device=device,
+                   precision=precision, weights_id=weights_id(model, pretrained, checkpoint),
+                   text_cache_dir=text_cache_root() if text_cache else None)
+
+    @property
+    def feedback(self) -> bool:
+        return self.config.feedback
+
+    @property
+    def lam(self) -> float:
+        """FSA's λ of the Segmenter's config (the backbone's or the proxy's when unset)."""
+        return self.lam_for(self.config)
 
     @property
     def pad_multiple(self) -> int:
         """Crops are padded to a multiple of this: the host's own (ProxyCLIP 56) or the patch."""
         return self.host.pad_multiple or self.patch
 
-    def lam_for(self, lam: float | None) -> float:
-        """FSA's λ for a call: the given one, else the Segmenter's default."""
-        return self.lam if lam is None else float(lam)
+    def lam_for(self, config: SegmentConfig) -> float:
+        """FSA's λ for a call: the config's, else the host's or the backbone's default."""
+        return self.default_lam if config.lam is None else float(config.lam)
+
+    def resolve(self, config: SegmentConfig | None = None, **overrides) -> SegmentConfig:
+        """The settings of one call: ``config`` (default: the Segmenter's) with ``overrides``,
+        checked against this model."""
+        cfg = (config or self.config).replace(**overrides)
+        cfg.check(self.patch)
+        return cfg
 
     def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
         """(C, E) L2-normalised embeddings, one row per class *name* (fp32)."""
-        names = _as_classes(classes).flat_names
+        names = as_classes(classes).flat_names
         return self.text_cache.embeddings(self.clip, self.tokenizer, names, self.device)
 
-    def _check(self, window: int, stride: int, logit_scale: float, short_side: int | None) -> None:
-        if window < self.patch or stride < 1:
-            raise ConfigError(f"window must be ≥ the patch size ({self.patch}) and stride ≥ 1")
-        if stride > window:
-            raise ConfigError("stride larger than the window leaves pixels uncovered")
-        if logit_scale <= 0:
-            raise ConfigError("logit scale must be positive")
-        if short_side is not None and short_side < self.patch:
-            raise ConfigError(f"short side must be ≥ the patch size ({self.patch})")
-
-    def prepare(self, image: ImageLike, short_side: int | None = 336) -> "PreparedImage":
+    def prepare(self, image: ImageLike, config: SegmentConfig | None = None,
+                **overrides) -> PreparedImage:
         """Decode and resize one image for the model (CPU; safe to run in a worker thread)."""
+        short_side = (config or self.config).replace(**overrides).short_side
         rgb = read_image(image)
         img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
         img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
         return PreparedImage(rgb, ((img - self._mean) / self._std), short_side)
 
     @torch.inference_mode()
-    def segment(
-        self,
-        image: ImageLike,
-        classes: ClassList | str | Sequence[str],
-        *,
-        short_side: int | None = 336,
-        window: int = 336,
-        stride: int = 112,
-        logit_scale: float = 40.0,
-        prob_threshold: float = 0.0,
-        lam: float | None = None,
-        feedback: bool | None = None,
-        compare: bool = False,
-    ) -> SegmentationResult:
+    def segment(self, image: ImageLike, classes: ClassList | str | Sequence[str],
+                config: SegmentConfig | None = None, *, compare: bool = False,
+                **overrides) -> SegmentationResult:
         """Segment one image (path, PIL image or (H, W, 3) uint8 RGB array).
 
-        classes: "a,b; c" or a list (one class per item, ";" between names).
-        prob_threshold sends pixels whose top probability is lower to the first class.
-        Returns labels (H, W) and probs (K, H, W) at the input image's size; with
-        ``compare`` also baseline_labels, the host alone (FSA off), from the same pass.
+        classes: "a,b; c" or a list (one class per item, ";" between names). ``config`` and
+        ``overrides`` as in ``resolve``. Returns labels (H, W) and probs (K, H, W) at the
+        input image's size; with ``compare`` also baseline_labels, the host alone (FSA off),
+        from the same pass.
         """
-        return self.segment_batch([image], classes, short_side=short_side, window=window,
-                                  stride=stride, logit_scale=logit_scale,
-                                  prob_threshold=prob_threshold, lam=lam, feedback=feedback,
-                                  compare=compare)[0]
+        return self.segment_batch([image], classes, config, compare=compare, **overrides)[0]
 
     @torch.inference_mode()
-    def segment_batch(
-        self,
-        images: Sequence["ImageLike | PreparedImage"],
-        classes: ClassList | str | Sequence[str],
-        *,
-        short_side: int | None = 336,
-        window: int = 336,
-        stride: int = 112,
-        logit_scale: float = 40.0,
-        prob_threshold: float = 0.0,
-        lam: float | None = None,
-        feedback: bool | None = None,
-        compare: bool = False,
-    ) -> list[SegmentationResult]:
+    def segment_batch(self, images: Sequence[ImageLike | PreparedImage],
+                      classes: ClassList | str | Sequence[str],
+                      config: SegmentConfig | None = None, *, compare: bool = False,
+                      **overrides) -> list[SegmentationResult]:
         """Segment several images; their windows share batches where crop sizes match.
 
         Equal to calling ``segment`` on each (each window's result depends on that window
-        alone). ``images`` may be already ``prepare``d with the same ``short_side``.
+        alone). ``images`` may be already ``prepare``d with the same short side.
         ``compare`` also gives each result the host-only labels (same pass, no extra forward).
         """
-        self._check(window, stride, logit_scale, short_side)
-        cl = _as_classes(classes)
+        cfg = self.resolve(config, **overrides)
+        cl = as_classes(classes)
         t0 = time.perf_counter()
         text = self.encode_text(cl).to(self.dtype)
-        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, short_side)
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, cfg)
                     for im in images]
-        for p in prepared:
-            if p.short_side != short_side:
-                raise ConfigError("image prepared with another short side")
+        if any(p.short_side != cfg.short_side for p in prepared):
+            from fbseg.errors import ConfigError
+
+            raise ConfigError("image prepared with another short side")
         t1 = time.perf_counter()
-        fb = self.feedback if feedback is None else feedback
-        lam_value = self.lam_for(lam)
+        lam_value = self.lam_for(cfg)
 
         def crop_fn(crops: torch.Tensor) -> torch.Tensor:
-            return crop_logits(self.crop_model, crops, text, feedback=fb, lam=lam_value,
-                               window=window, also_baseline=compare)
+            return crop_logits(self.crop_model, crops, text, feedback=cfg.feedback, lam=lam_value,
+                               window=cfg.window, also_baseline=compare)
 
         stitched = slide_many([p.tensor.to(self.device, self.dtype) for p in prepared], crop_fn,
-                              window=window, stride=stride,
-                              pad_multiple=self.pad_multiple,
-                              batch_size=self.batch_size)
+                              window=cfg.window, stride=cfg.stride,
+                              pad_multiple=self.pad_multiple, windows_per_forward=self.windows_per_forward)
         t2 = time.perf_counter()
         share = (t2 - t1) / len(prepared)
         results = []
@@ -252,30 +194,31 @@ class Segmenter:
             t3 = time.perf_counter()
             baseline = None
             if compare:
-                base_probs = class_probabilities(logits[C:], p.rgb.shape[:2], logit_scale,
+                base_probs = class_probabilities(logits[C:], p.rgb.shape[:2], cfg.logit_scale,
                                                  cl.name_to_class)
-                baseline = labels_from_probs(base_probs, prob_threshold).cpu().numpy().astype(np.int64)
+                baseline = labels_from_probs(base_probs, cfg.prob_threshold).cpu().numpy()
+                baseline = baseline.astype(np.int64)
                 logits = logits[:C]
-            probs = class_probabilities(logits, p.rgb.shape[:2], logit_scale, cl.name_to_class)
-            labels = labels_from_probs(probs, prob_threshold)
+            probs = class_probabilities(logits, p.rgb.shape[:2], cfg.logit_scale, cl.name_to_class)
+            labels = labels_from_probs(probs, cfg.prob_threshold)
             post = time.perf_counter() - t3
             timings = {"text_s": t1 - t0, "model_s": share,
                        "total_s": (t1 - t0) / len(prepared) + share + post}
-            meta = self._meta(fb, lam, timings, short_side=short_side, window=window, stride=stride,
-                              logit_scale=logit_scale, prob_threshold=prob_threshold)
             results.append(SegmentationResult(
                 labels=labels.cpu().numpy().astype(np.int64), probs=probs.float().cpu().numpy(),
-                classes=cl.labels, names=cl.names, meta=meta, baseline_labels=baseline))
+                classes=cl.labels, names=cl.names, meta=self._meta(cfg, timings),
+                baseline_labels=baseline))
         return results
 
     def explain(self, image: ImageLike, classes: ClassList | str | Sequence[str],
-                points: Sequence[tuple[int, int]] | None = None, **settings):
+                points: Sequence[tuple[int, int]] | None = None,
+                config: SegmentConfig | None = None, **overrides):
         """What the model attends to at ``points`` ((x, y) pixels; default: each class's most
         confident pixel): an ``Explanation`` with the rows of A, A_fb and A', FSA's P, the
         nucleus cut, and the host-only and FSA masks. Settings as for ``segment``."""
         from fbseg.pipeline.explain import explain
 
-        return explain(self, image, _as_classes(classes), points, **settings)
+        return explain(self, image, as_classes(classes), points, self.resolve(config, **overrides))
 
     def text_identity(self) -> dict:
         """What decides a name's embedding: the model, its weights, the network they run in
@@ -284,29 +227,29 @@ class Segmenter:
                 "network": self.network.as_dict(), "text_precision": "float32",
                 "protocol": PROTOCOL_VERSION}
 
-    def identity(self, feedback: bool | None = None, lam: float | None = None) -> dict:
-        """Everything that decides the output besides the image and the settings (for
-        cache keys and reports)."""
-        fb = self.feedback if feedback is None else feedback
+    def identity(self, config: SegmentConfig | None = None) -> dict:
+        """Everything that decides the output besides the image and the protocol settings
+        (for cache keys and reports)."""
+        cfg = config or self.config
         return {"model": self.model_name, "weights": self.weights_id,
                 "network": self.network.as_dict(), "protocol": PROTOCOL_VERSION,
-                "host": self.host.name,
-                "proxy": self.proxy_spec.name if self.proxy_spec else None,
-                "proxy_weights": self.proxy_weights_id, "feedback": fb,
-                "lam": self.lam_for(lam) if fb else None,
+                **self.host.identity(), "feedback": cfg.feedback,
+                "lam": self.lam_for(cfg) if cfg.feedback else None,
                 "precision": str(self.dtype).replace("torch.", "")}
 
-    def _meta(self, fb: bool, lam: float | None, timings: dict, **settings) -> dict:
+    def _meta(self, cfg: SegmentConfig, timings: dict) -> dict:
+        host = self.host.identity()
         return {
             "fbseg_version": __version__,
             "model": self.model_name,
             "network": self.network.as_dict(),
-            "host": self.host.name,
-            "proxy": self.proxy_spec.name if self.proxy_spec else None,
-            "feedback": fb,
+            "host": host["host"],
+            "proxy": host["proxy"],
+            "feedback": cfg.feedback,
             "settings": {
-                **settings,
-                "lam": self.lam_for(lam) if fb else None,
+                "short_side": cfg.short_side, "window": cfg.window, "stride": cfg.stride,
+                "logit_scale": cfg.logit_scale, "prob_threshold": cfg.prob_threshold,
+                "lam": self.lam_for(cfg) if cfg.feedback else None,
                 "device": str(self.device), "precision": str(self.dtype).replace("torch.", ""),
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
@@ -316,7 +259,7 @@ class Segmenter:
 @dataclass(frozen=True)
 class PreparedImage:
     """An image ready for the model: rgb (H, W, 3) uint8 as read; tensor (3, h, w) float32,
-    CLIP-normalised at the protocol size for ``short_side``."""
+    normalised with the network's mean/std at the protocol size for ``short_side``."""
 
     rgb: np.ndarray
     tensor: torch.Tensor

@@ -52,14 +52,14 @@ def slide_many(
     window: int,
     stride: int,
     pad_multiple: int,
-    batch_size: int = 8,
+    windows_per_forward: int = 8,
 ) -> list[torch.Tensor]:
     """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
 
     Each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps crops (B, 3, h, w) to
     grid logits (B, C, rows, cols), which are upsampled bilinearly to the padded crop, cut,
     summed over windows and divided by the per-pixel window count. Crops of the same size run
-    together in batches of ``batch_size``, across images: every crop's result depends on that
+    together in batches of ``windows_per_forward``, across images: every crop's result depends on that
     crop alone, so the batching changes nothing but the speed.
     """
     jobs = [(i, box) for i, img in enumerate(images)
@@ -71,8 +71,8 @@ def slide_many(
     counts = [img.new_zeros((1, *img.shape[1:]), dtype=torch.float32) for img in images]
     for (ch, cw), group in by_size.items():
         pad = centred_pad(ch, cw, pad_multiple)
-        for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
+        for start in range(0, len(group), windows_per_forward):
+            chunk = group[start:start + windows_per_forward]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
             if any(pad):
                 crops = F.pad(crops, pad)
@@ -89,10 +89,10 @@ def slide_many(
 
 
 def slide(image: torch.Tensor, crop_fn: Callable[[torch.Tensor], torch.Tensor], *, window: int,
-          stride: int, pad_multiple: int, batch_size: int = 8) -> torch.Tensor:
+          stride: int, pad_multiple: int, windows_per_forward: int = 8) -> torch.Tensor:
     """``slide_many`` for one image: logits (C, H, W)."""
     return slide_many([image], crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
-                      batch_size=batch_size)[0]
+                      windows_per_forward=windows_per_forward)[0]
 
 
 def class_probabilities(

@@ -65,16 +65,6 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def merge_report(self, report, total_images: int):
-        """An EvalReport whose counts are summed over ranks (so the mIoU equals one
-        process's) and whose time is the slowest rank's."""
-        if not self.active:
-            return report
-        report.totals = self.all_reduce_sum(report.totals)
-        report.seconds = max(self.all_gather(report.seconds))
-        report.num_images = total_images
-        return report
-
 
 def _collective_device():
     import torch

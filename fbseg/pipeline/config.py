@@ -1,0 +1,72 @@
+"""The segmentation protocol's settings, and the only place their defaults are written.
+
+Defaults are the FSA reference's for every host. Everything else (the CLI, per-dataset
+protocols, presets) states only what it changes: ``DEFAULTS.with_flags(...)`` for options a
+user may leave unset, ``DEFAULTS.replace(...)`` for exact values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from fbseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How one image is segmented.
+
+    short_side:     mmseg's keep-ratio resize: the short side to this, the long side at most
+                    2048; None keeps the image's size.
+    window, stride: the sliding window over the resized image, in pixels.
+    logit_scale:    cosine logits × this before the softmax over names.
+    prob_threshold: pixels whose top class probability is below this go to class 0 (the
+                    reference's ``prob_thd``; 0 disables it).
+    feedback:       FSA on (the host's attention replaced by A') or off (the host alone).
+    lam:            FSA's λ; None takes the backbone's or the proxy's from their registries.
+    """
+
+    short_side: int | None = 336
+    window: int = 336
+    stride: int = 112
+    logit_scale: float = 40.0
+    prob_threshold: float = 0.0
+    feedback: bool = True
+    lam: float | None = None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **values) -> SegmentConfig:
+        """A copy with exactly these values (None included: ``short_side=None`` means no
+        resize). An unknown name is a ConfigError."""
+        unknown = sorted(set(values) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(self.field_names())}")
+        return dataclasses.replace(self, **values) if values else self
+
+    def with_flags(self, **flags) -> SegmentConfig:
+        """A copy overridden by the flags a user gave; a flag left unset (None) keeps the value."""
+        return self.replace(**{k: v for k, v in flags.items() if v is not None})
+
+    def check(self, patch: int) -> None:
+        """Fail early, with the setting named, on values no window loop can use."""
+        if self.window < patch or self.stride < 1:
+            raise ConfigError(f"window must be ≥ the patch size ({patch}) and stride ≥ 1")
+        if self.stride > self.window:
+            raise ConfigError("stride larger than the window leaves pixels uncovered")
+        if self.logit_scale <= 0:
+            raise ConfigError("logit scale must be positive")
+        if self.short_side is not None and self.short_side < patch:
+            raise ConfigError(f"short side must be ≥ the patch size ({patch})")
+        if not 0.0 <= self.prob_threshold <= 1.0:
+            raise ConfigError("the probability threshold must lie in [0, 1]")
+
+    def protocol(self) -> dict:
+        """The settings that shape the output besides FSA's (for reports and cache keys)."""
+        return {"short_side": self.short_side, "window": self.window, "stride": self.stride,
+                "logit_scale": self.logit_scale, "prob_threshold": self.prob_threshold}
+
+
+DEFAULTS = SegmentConfig()

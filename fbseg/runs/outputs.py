@@ -1,0 +1,99 @@
+"""What a run writes for one image: output names, the files' bytes, atomic writing."""
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fbseg.io import atomic_write_bytes, remove_stale_temporaries
+from fbseg.result import SegmentationResult
+from fbseg.runs.inputs import InputItem
+from fbseg.viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
+
+
+class MaskMode(str, Enum):
+    """--masks: the indexed PNG alone, or also one binary PNG per class."""
+
+    INDEXED = "indexed"
+    PER_CLASS = "per-class"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write for each image. ``masks=MaskMode.PER_CLASS`` adds one binary PNG per class
+    (named after ``class_labels``) beside the indexed mask."""
+
+    out_dir: Path
+    overlay: bool = False
+    opacity: float = 0.5
+    overwrite: bool = False
+    save_probs: bool = False
+    masks: MaskMode = MaskMode.INDEXED
+    class_labels: tuple[str, ...] = ()
+    compare: bool = False  # also the host-only mask and a diff image
+
+
+def label_slug(label: str) -> str:
+    """A file-name-safe form of a class label: "sofa; couch" → "sofa-couch"."""
+    slug = re.sub(r"[^0-9a-z]+", "-", label.lower()).strip("-")
+    return slug[:40] or "class"
+
+
+def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
+    base = opts.out_dir / item.rel
+    paths = {"mask": base.parent / (base.name + ".mask.png"), "json": base.parent / (base.name + ".json")}
+    if opts.overlay:
+        paths["overlay"] = base.parent / (base.name + ".overlay.png")
+    if opts.save_probs:
+        paths["probs"] = base.parent / (base.name + ".probs.npz")
+    if opts.compare:
+        paths["baseline"] = base.parent / (base.name + ".baseline.png")
+        paths["diff"] = base.parent / (base.name + ".diff.png")
+    if opts.masks is MaskMode.PER_CLASS:
+        folder = base.parent / (base.name + ".masks")
+        for k, label in enumerate(opts.class_labels):
+            paths[f"mask:{k}"] = folder / f"{k:02d}-{label_slug(label)}.png"
+    return paths
+
+
+def render_outputs(result: SegmentationResult, rgb: np.ndarray, item: InputItem,
+                   opts: OutputOptions) -> dict[str, bytes]:
+    """The bytes of every output file of one image (nothing written yet)."""
+    colours = palette(len(result.classes))
+    summary = result.to_json()
+    summary["input"] = item.display
+    summary["palette"] = colours.tolist()
+    out = {"mask": indexed_png(result.labels, colours),
+           "json": (json.dumps(summary, indent=2) + "\n").encode()}
+    if opts.overlay:
+        fractions = [c.pixel_fraction for c in result.summary()]
+        out["overlay"] = png_bytes(overlay(rgb, result.labels, colours, opts.opacity,
+                                           legend=list(result.classes), fractions=fractions))
+    if opts.save_probs:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, probs=result.probs.astype(np.float16),
+                            classes=np.array(result.classes))
+        out["probs"] = buf.getvalue()
+    if opts.compare and result.baseline_labels is not None:
+        out["baseline"] = indexed_png(result.baseline_labels, colours)
+        out["diff"] = png_bytes(Image.fromarray(disagreement(rgb, result.baseline_labels,
+                                                             result.labels)))
+    if opts.masks is MaskMode.PER_CLASS:
+        for k in range(len(result.classes)):
+            out[f"mask:{k}"] = binary_png(result.labels == k)
+    return out
+
+
+def write_outputs(files: dict[str, bytes], paths: dict[str, Path], overwrite: bool) -> None:
+    """Write each file atomically; the JSON last, so its presence means the image is done.
+    Temporaries a killed run left for these names are removed first; a file that a killed
+    run did finish holds the same bytes and counts as written."""
+    for kind in sorted(files, key=lambda k: k == "json"):
+        remove_stale_temporaries(paths[kind])
+        atomic_write_bytes(paths[kind], files[kind], overwrite=overwrite)

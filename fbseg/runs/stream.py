@@ -1,0 +1,159 @@
+"""The reader/model/writer stream: many images through one model, in order, with a bad
+file reported and the run going on."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from fbseg.errors import InputError, OutputError
+from fbseg.result import SegmentationResult
+from fbseg.runs.inputs import InputItem, read_input
+from fbseg.runs.outputs import OutputOptions, output_paths, render_outputs, write_outputs
+
+
+class ItemStatus(str, Enum):
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class ItemOutcome:
+    item: InputItem
+    status: ItemStatus
+    reason: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    result: SegmentationResult | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Loaded:
+    """An item after the reader thread: decoded and prepared, or already decided."""
+
+    item: InputItem
+    paths: dict[str, Path]
+    rgb: np.ndarray | None = None
+    payload: object = None
+    outcome: ItemOutcome | None = None  # skipped / failed before the model
+    write: Future | None = None
+
+
+_END = object()
+
+
+def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[np.ndarray], object],
+            stdin_reader: Callable[[], bytes] | None, out: queue.Queue, stop: threading.Event) -> None:
+    """Decode and prepare items ahead of the model, in order, into the bounded queue."""
+
+    def put(obj: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    for item in items:
+        if stop.is_set():
+            return
+        paths = output_paths(item, opts)
+        entry = _Loaded(item, paths)
+        if not opts.overwrite and all(p.exists() for p in paths.values()):
+            entry.outcome = ItemOutcome(item, ItemStatus.SKIPPED, "outputs exist",
+                                        {k: str(p) for k, p in paths.items()})
+        else:
+            try:
+                entry.rgb = read_input(item, stdin_reader)
+                entry.payload = prepare(entry.rgb)
+            except InputError as exc:
+                entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
+            except Exception as exc:  # never let one file stop the run
+                entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})")
+        if not put(entry):
+            return
+    put(_END)
+
+
+def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> ItemOutcome:
+    t0 = time.perf_counter()
+    try:
+        write_outputs(render_outputs(result, entry.rgb, entry.item, opts), entry.paths,
+                      opts.overwrite)
+    except OutputError as exc:
+        return ItemOutcome(entry.item, ItemStatus.FAILED, exc.one_line())
+    seconds = result.meta.get("timings", {}).get("total_s", 0.0) + time.perf_counter() - t0
+    return ItemOutcome(entry.item, ItemStatus.DONE, "", {k: str(p) for k, p in entry.paths.items()},
+                       result, seconds)
+
+
+def stream_items(
+    items: Sequence[InputItem],
+    segment_batch: Callable[[list], list[SegmentationResult]],
+    opts: OutputOptions,
+    stdin_reader: Callable[[], bytes] | None = None,
+    *,
+    prepare: Callable[[np.ndarray], object] = lambda rgb: rgb,
+    images_per_group: int = 1,
+    prefetch: int = 4,
+) -> Iterator[ItemOutcome]:
+    """Segment and write each item, in order; a bad item is reported and the run goes on.
+
+    Three stages overlap: a reader thread decodes and ``prepare``s up to ``prefetch`` items
+    ahead, the caller's thread runs ``segment_batch`` on groups of ``group_size`` prepared
+    images, and a writer thread renders and writes outputs. An item whose outputs all exist
+    is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
+    finished and reported, then KeyboardInterrupt is raised again.
+    """
+    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, daemon=True,
+                              args=(items, opts, prepare, stdin_reader, loaded, stop))
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-write")
+    in_flight: list[_Loaded] = []
+
+    def finished(entry: _Loaded) -> ItemOutcome:
+        return entry.outcome if entry.write is None else entry.write.result()
+
+    reader.start()
+    interrupted = False
+    try:
+        ended = False
+        while not ended:
+            group: list[_Loaded] = []
+            while sum(e.outcome is None for e in group) < images_per_group:
+                entry = loaded.get()
+                if entry is _END:
+                    ended = True
+                    break
+                group.append(entry)
+            todo = [e for e in group if e.outcome is None]
+            if todo:
+                results = segment_batch([e.payload for e in todo])
+                for entry, result in zip(todo, results):
+                    entry.payload = None  # free the prepared tensor early
+                    entry.write = writer.submit(_write, entry, result, opts)
+            while in_flight:  # the previous group's writes ran while the model worked
+                yield finished(in_flight.pop(0))
+            in_flight = group
+        while in_flight:
+            yield finished(in_flight.pop(0))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        writer.shutdown(wait=True)
+    if interrupted:
+        for entry in in_flight:
+            if entry.write is not None:
+                yield entry.write.result()
+        raise KeyboardInterrupt
