@@ -17,4 +17,9 @@ demo: $(PY)
 test: $(PY)
 	$(PY) -m pytest -q tests
 
-.PHONY: install demo test
+# Lint and format check (ruff, configured in pyproject.toml).
+lint: $(PY)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: install demo test lint

@@ -9,6 +9,7 @@ the peak reproducible but the run slower. Random inputs: the numbers measure cos
 
     python benchmarks/bench_fsa.py [--device cpu] [--cap-gb 16] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,16 @@ def run_cell(form: str, N: int, C: int, device: str, repeats: int) -> dict:
     v = torch.randn(1, HEADS, N, HEAD_DIM).to(device)
     fn = reference_form if form == "reference" else fbseg_form
     with torch.inference_mode():  # library start-up (thread pools, BLAS buffers) is not the step's
-        fn(torch.softmax(torch.randn(1, 16, C), -1).to(device),
-           torch.softmax(torch.randn(1, 1, 16, 16), -1).to(device),
-           torch.randn(1, HEADS, 16, HEAD_DIM).to(device), 3.0)
+        fn(
+            torch.softmax(torch.randn(1, 16, C), -1).to(device),
+            torch.softmax(torch.randn(1, 1, 16, 16), -1).to(device),
+            torch.randn(1, HEADS, 16, HEAD_DIM).to(device),
+            3.0,
+        )
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -68,8 +73,22 @@ def run_cell(form: str, N: int, C: int, device: str, repeats: int) -> dict:
 
 
 def _subprocess_cell(device: str, form: str, N: int, C: int, repeats: int, env: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--device", device, "--cell", form, str(N), str(C),
-                          str(repeats)], capture_output=True, text=True, env={**os.environ, **env})
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--device",
+            device,
+            "--cell",
+            form,
+            str(N),
+            str(C),
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     if out.returncode != 0:
         return {"form": form, "N": N, "C": C, "skipped": out.stderr.strip().splitlines()[-1][:60]}
     return json.loads(out.stdout)
@@ -90,28 +109,43 @@ def main() -> None:
         return
     rows = []
     print("FSA step, random inputs (timing only), device", args.device, f"h={HEADS}")
-    print(f"{'N':>5} {'C':>4} | {'reference s':>11} {'MB':>8} | {'fbseg s':>8} {'MB':>7} | {'speed-up':>8} {'mem ratio':>9}")
+    print(
+        f"{'N':>5} {'C':>4} | {'reference s':>11} {'MB':>8} | {'fbseg s':>8} {'MB':>7} | {'speed-up':>8} {'mem ratio':>9}"
+    )
     for N in args.sizes:
         for C in args.classes:
             cells = {}
             for form in ("reference", "fbseg"):
-                need_gb = (3 * N * N * C + 6 * HEADS * N * N) * 4 / 2**30 if form == "reference" else 0
+                need_gb = (
+                    (3 * N * N * C + 6 * HEADS * N * N) * 4 / 2**30 if form == "reference" else 0
+                )
                 if need_gb > args.cap_gb:
-                    cells[form] = {"form": form, "N": N, "C": C, "skipped": f"needs ~{need_gb:.0f} GB"}
+                    cells[form] = {
+                        "form": form,
+                        "N": N,
+                        "C": C,
+                        "skipped": f"needs ~{need_gb:.0f} GB",
+                    }
                     continue
                 timed = _subprocess_cell(args.device, form, N, C, 3 if N <= 1764 else 1, {})
                 if "skipped" in timed:
                     cells[form] = timed
                     continue
-                sized = _subprocess_cell(args.device, form, N, C, 1, {"MALLOC_MMAP_THRESHOLD_": "131072"})
+                sized = _subprocess_cell(
+                    args.device, form, N, C, 1, {"MALLOC_MMAP_THRESHOLD_": "131072"}
+                )
                 cells[form] = {**timed, "peak_mb": sized.get("peak_mb", float("nan"))}
             r, f = cells["reference"], cells["fbseg"]
             if "skipped" in r:
-                print(f"{N:>5} {C:>4} | {'skipped: ' + r['skipped']:>20} | {f['seconds']:>8.3f} {f['peak_mb']:>7.0f} |")
+                print(
+                    f"{N:>5} {C:>4} | {'skipped: ' + r['skipped']:>20} | {f['seconds']:>8.3f} {f['peak_mb']:>7.0f} |"
+                )
             else:
-                print(f"{N:>5} {C:>4} | {r['seconds']:>11.3f} {r['peak_mb']:>8.0f} | {f['seconds']:>8.3f} "
-                      f"{f['peak_mb']:>7.0f} | {r['seconds'] / f['seconds']:>7.1f}x "
-                      f"{r['peak_mb'] / max(f['peak_mb'], 1):>8.1f}x")
+                print(
+                    f"{N:>5} {C:>4} | {r['seconds']:>11.3f} {r['peak_mb']:>8.0f} | {f['seconds']:>8.3f} "
+                    f"{f['peak_mb']:>7.0f} | {r['seconds'] / f['seconds']:>7.1f}x "
+                    f"{r['peak_mb'] / max(f['peak_mb'], 1):>8.1f}x"
+                )
             rows += [r, f]
     if args.json:
         with open(args.json, "w") as fh:

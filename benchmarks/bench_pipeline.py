@@ -11,6 +11,7 @@ written to a temporary folder: the timings are real, the masks meaningless.
 
     python benchmarks/bench_pipeline.py [--sections e2e folder] [--folder-images 50] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,25 @@ def _segmenter(args, host: str, feedback: bool, reference: bool, cache: Path | N
     from fbseg.pipeline.segmenter import Segmenter
 
     if reference:
-        import reference_form
-
         import fbseg.pipeline.crop
+
+        import reference_form
 
         fbseg.pipeline.crop.fsa.feedback_attention = reference_form.feedback_attention
         fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
     if cache is not None:
         os.environ["FBSEG_CACHE"] = str(cache)
-    seg = Segmenter.from_pretrained("ViT-B-16", pretrained="openai", checkpoint=args.checkpoint,
-                                    host=host, proxy="dino",
-                                    proxy_checkpoint=args.proxy_checkpoint, feedback=feedback,
-                                    device=args.device, text_cache=cache is not None)
+    seg = Segmenter.from_pretrained(
+        "ViT-B-16",
+        pretrained="openai",
+        checkpoint=args.checkpoint,
+        host=host,
+        proxy="dino",
+        proxy_checkpoint=args.proxy_checkpoint,
+        feedback=feedback,
+        device=args.device,
+        text_cache=cache is not None,
+    )
     if reference:
         seg.windows_per_forward = 1  # windows one by one
     return seg
@@ -113,14 +121,31 @@ def run_folder(args) -> dict:
         run = segment_folder(seg, scan, classes, opts, images_per_group=args.group)
         done = run.done_here
     seconds = time.perf_counter() - t0
-    return {"images": done, "seconds": seconds, "images_per_s": done / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "images": done,
+        "seconds": seconds,
+        "images_per_s": done / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _child(mode: str, args, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--checkpoint", args.checkpoint,
-           "--proxy-checkpoint", args.proxy_checkpoint, "--device", args.device, *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE)})
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--checkpoint",
+        args.checkpoint,
+        "--proxy-checkpoint",
+        args.proxy_checkpoint,
+        "--device",
+        args.device,
+        *extra,
+    ]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE)}
+    )
     if p.returncode != 0:
         raise SystemExit(f"child failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -131,7 +156,9 @@ def make_folder(folder: Path, n: int, seed: int = 0) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    sources = [Image.open(ROOT / "assets" / name).convert("RGB") for name in ("cat.jpg", "coffee.jpg")]
+    sources = [
+        Image.open(ROOT / "assets" / name).convert("RGB") for name in ("cat.jpg", "coffee.jpg")
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         src = sources[i % 2]
@@ -141,7 +168,9 @@ def make_folder(folder: Path, n: int, seed: int = 0) -> None:
         side = int(rng.integers(300, 601))
         crop = src.crop((x, y, x + cw, y + ch))
         scale = side / max(cw, ch)
-        crop.resize((max(32, int(cw * scale)), max(32, int(ch * scale)))).save(folder / f"img{i:03d}.jpg", quality=90)
+        crop.resize((max(32, int(cw * scale)), max(32, int(ch * scale)))).save(
+            folder / f"img{i:03d}.jpg", quality=90
+        )
 
 
 def _random_weights(folder: Path) -> tuple[str, str]:
@@ -152,7 +181,9 @@ def _random_weights(folder: Path) -> tuple[str, str]:
     torch.manual_seed(0)
     clip_path, dino_path = folder / "vit_b16_random.pt", folder / "dino_b8_random.pt"
     torch.save(open_clip.create_model("ViT-B-16").state_dict(), clip_path)
-    torch.save(timm.create_model("vit_base_patch8_224.dino", pretrained=False).state_dict(), dino_path)
+    torch.save(
+        timm.create_model("vit_base_patch8_224.dino", pretrained=False).state_dict(), dino_path
+    )
     return str(clip_path), str(dino_path)
 
 
@@ -190,57 +221,100 @@ def main() -> None:
     random = args.checkpoint is None
     if random:
         args.checkpoint, args.proxy_checkpoint = _random_weights(work)
-    print(f"device {args.device}; {'RANDOM weights (timing only)' if random else 'weights ' + args.checkpoint}; "
-          f"classes: VOC21's 21 classes / 46 names; image {Path(args.image).name}")
+    print(
+        f"device {args.device}; {'RANDOM weights (timing only)' if random else 'weights ' + args.checkpoint}; "
+        f"classes: VOC21's 21 classes / 46 names; image {Path(args.image).name}"
+    )
     report: dict = {"device": args.device, "random_weights": random}
     cache = work / "cache"
     if "e2e" in args.sections:
         rows = []
-        print(f"\n{'host':<10} {'configuration':<22} {'text s':>8} {'cache':>6} {'segment s':>10} "
-              f"{'peak RSS MB':>12} {'vs host':>8} {'labels = fbseg':>14}")
+        print(
+            f"\n{'host':<10} {'configuration':<22} {'text s':>8} {'cache':>6} {'segment s':>10} "
+            f"{'peak RSS MB':>12} {'vs host':>8} {'labels = fbseg':>14}"
+        )
         for host in args.hosts:
             first = True
             labels = {}
             for name, (_, feedback, reference) in CONFIGS.items():
-                extra = ["--host", host, "--cache", str(cache), "--labels-out", str(work / f"{host}-{len(labels)}.npy"),
-                         "--repeats", str(args.repeats)] + (["--feedback"] if feedback else []) + \
-                        (["--reference"] if reference else [])
+                extra = (
+                    [
+                        "--host",
+                        host,
+                        "--cache",
+                        str(cache),
+                        "--labels-out",
+                        str(work / f"{host}-{len(labels)}.npy"),
+                        "--repeats",
+                        str(args.repeats),
+                    ]
+                    + (["--feedback"] if feedback else [])
+                    + (["--reference"] if reference else [])
+                )
                 r = _child("one", args, extra)
                 labels[name] = np.load(work / f"{host}-{len(labels)}.npy")
                 r["configuration"] = name
                 rows.append(r)
-                base = next(x for x in rows if x["host"] == host and x["configuration"] == "host only")
+                base = next(
+                    x for x in rows if x["host"] == host and x["configuration"] == "host only"
+                )
                 same = None
                 if reference:  # the same output as fbseg's FSA path?
                     same = float((labels[name] == labels["fbseg + FSA"]).mean())
                     r["label_agreement_with_fbseg"] = same
-                print(f"{host if first else '':<10} {name:<22} {r['text_s']:>8.2f} "
-                      f"{'hit' if r['text_cache_hit'] else 'miss':>6} {r['segment_s']:>10.2f} "
-                      f"{r['peak_rss_mb']:>12.0f} {r['segment_s'] / base['segment_s']:>7.2f}x "
-                      + (f"{100 * same:>13.2f}%" if same is not None else f"{'':>14}"))
+                print(
+                    f"{host if first else '':<10} {name:<22} {r['text_s']:>8.2f} "
+                    f"{'hit' if r['text_cache_hit'] else 'miss':>6} {r['segment_s']:>10.2f} "
+                    f"{r['peak_rss_mb']:>12.0f} {r['segment_s'] / base['segment_s']:>7.2f}x "
+                    + (f"{100 * same:>13.2f}%" if same is not None else f"{'':>14}")
+                )
                 first = False
             fb = next(x for x in rows if x["host"] == host and x["configuration"] == "fbseg + FSA")
-            ref = next(x for x in rows if x["host"] == host and x["configuration"] == "reference form + FSA")
-            print(f"{'':<10} FSA overhead {100 * (fb['segment_s'] / base['segment_s'] - 1):+.1f}% (fbseg) vs "
-                  f"{100 * (ref['segment_s'] / base['segment_s'] - 1):+.1f}% (reference form); one-image run "
-                  f"incl. text: fbseg {fb['text_s'] + fb['segment_s']:.2f} s, reference form "
-                  f"{ref['text_s'] + ref['segment_s']:.2f} s")
+            ref = next(
+                x
+                for x in rows
+                if x["host"] == host and x["configuration"] == "reference form + FSA"
+            )
+            print(
+                f"{'':<10} FSA overhead {100 * (fb['segment_s'] / base['segment_s'] - 1):+.1f}% (fbseg) vs "
+                f"{100 * (ref['segment_s'] / base['segment_s'] - 1):+.1f}% (reference form); one-image run "
+                f"incl. text: fbseg {fb['text_s'] + fb['segment_s']:.2f} s, reference form "
+                f"{ref['text_s'] + ref['segment_s']:.2f} s"
+            )
         report["e2e"] = rows
     if "folder" in args.sections:
         folder = work / "folder"
         make_folder(folder, args.folder_images)
         rows = []
-        print(f"\nfolder of {args.folder_images} images (300–600 px, cut from assets/), FSA on, VOC21 names")
+        print(
+            f"\nfolder of {args.folder_images} images (300–600 px, cut from assets/), FSA on, VOC21 names"
+        )
         print(f"{'host':<10} {'pipeline':<34} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12}")
         for host in args.folder_hosts:
             for reference in (True, False):
-                name = "reference form, sequential" if reference else f"fbseg (reader/model/writer, group {args.group})"
-                extra = ["--host", host, "--folder", str(folder), "--out", str(work / f"out-{host}-{reference}"),
-                         "--cache", str(cache), "--group", str(args.group)] + (["--reference"] if reference else [])
+                name = (
+                    "reference form, sequential"
+                    if reference
+                    else f"fbseg (reader/model/writer, group {args.group})"
+                )
+                extra = [
+                    "--host",
+                    host,
+                    "--folder",
+                    str(folder),
+                    "--out",
+                    str(work / f"out-{host}-{reference}"),
+                    "--cache",
+                    str(cache),
+                    "--group",
+                    str(args.group),
+                ] + (["--reference"] if reference else [])
                 r = _child("folder", args, extra)
                 r.update(host=host, pipeline=name)
                 rows.append(r)
-                print(f"{host:<10} {name:<34} {r['seconds']:>8.1f} {r['images_per_s']:>9.3f} {r['peak_rss_mb']:>12.0f}")
+                print(
+                    f"{host:<10} {name:<34} {r['seconds']:>8.1f} {r['images_per_s']:>9.3f} {r['peak_rss_mb']:>12.0f}"
+                )
         report["folder"] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

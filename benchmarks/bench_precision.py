@@ -10,6 +10,7 @@ the one that carries over.
     python benchmarks/bench_precision.py [--device cuda] [--hosts proxyclip naclip]
         [--classes "cat,rug,wall"] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def agreement(ref_labels: np.ndarray, ref_probs: np.ndarray, labels: np.ndarray)
     top2 = np.sort(ref_probs, axis=0)[-2:]
     sure = (top2[1] - top2[0]) > MARGIN
     same = ref_labels == labels
-    return {"all": float(same.mean()), "margin": float(same[sure].mean()) if sure.any() else 1.0,
-            "margin_share": float(sure.mean())}
+    return {
+        "all": float(same.mean()),
+        "margin": float(same[sure].mean()) if sure.any() else 1.0,
+        "margin_share": float(sure.mean()),
+    }
 
 
 def main() -> None:
@@ -60,7 +64,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--hosts", nargs="+", default=["proxyclip", "naclip"])
     ap.add_argument("--precisions", nargs="+", default=["fp16", "bf16"])
-    ap.add_argument("--images", nargs="+", default=sorted(str(p) for p in (ROOT / "assets").glob("*.jpg")))
+    ap.add_argument(
+        "--images", nargs="+", default=sorted(str(p) for p in (ROOT / "assets").glob("*.jpg"))
+    )
     ap.add_argument("--classes", default=None, help="default: VOC21's 21 classes (46 names)")
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--proxy-checkpoint", type=Path)
@@ -76,10 +82,18 @@ def main() -> None:
     classes = _classes(args.classes)
     rows = []
     for host in args.hosts:
-        def build(precision: str) -> Segmenter:
-            return Segmenter.from_pretrained("ViT-B-16", pretrained="openai", checkpoint=clip_ckpt,
-                                             host=host, proxy="dino", proxy_checkpoint=proxy_ckpt,
-                                             device=args.device, precision=precision)
+
+        def build(precision: str, host: str = host) -> Segmenter:
+            return Segmenter.from_pretrained(
+                "ViT-B-16",
+                pretrained="openai",
+                checkpoint=clip_ckpt,
+                host=host,
+                proxy="dino",
+                proxy_checkpoint=proxy_ckpt,
+                device=args.device,
+                precision=precision,
+            )
 
         ref = build("fp32")
         refs = [ref.segment(image, classes) for image in args.images]
@@ -89,16 +103,29 @@ def main() -> None:
             seg = build(precision)
             for image, r in zip(args.images, refs):
                 out = seg.segment(image, classes)
-                rows.append({"host": host, "precision": precision, "image": Path(image).name,
-                             "device": device, **agreement(r.labels, r.probs, out.labels)})
+                rows.append(
+                    {
+                        "host": host,
+                        "precision": precision,
+                        "image": Path(image).name,
+                        "device": device,
+                        **agreement(r.labels, r.probs, out.labels),
+                    }
+                )
             del seg
-    print(f"{'host':<10} {'precision':<9} {'image':<12} {'agree (all)':>12} "
-          f"{'agree (margin>0.01)':>20} {'margin share':>13}")
+    print(
+        f"{'host':<10} {'precision':<9} {'image':<12} {'agree (all)':>12} "
+        f"{'agree (margin>0.01)':>20} {'margin share':>13}"
+    )
     for r in rows:
-        print(f"{r['host']:<10} {r['precision']:<9} {r['image']:<12} {100 * r['all']:>11.2f}% "
-              f"{100 * r['margin']:>19.2f}% {100 * r['margin_share']:>12.1f}%")
-    print(f"device: {rows[0]['device'] if rows else '-'}; random weights unless --checkpoint given",
-          file=sys.stderr)
+        print(
+            f"{r['host']:<10} {r['precision']:<9} {r['image']:<12} {100 * r['all']:>11.2f}% "
+            f"{100 * r['margin']:>19.2f}% {100 * r['margin_share']:>12.1f}%"
+        )
+    print(
+        f"device: {rows[0]['device'] if rows else '-'}; random weights unless --checkpoint given",
+        file=sys.stderr,
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

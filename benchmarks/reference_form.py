@@ -3,6 +3,7 @@
 N×N×C KL tensor, sort-based pruning on the full matrix, A_fb repeated per head, and the
 ensemble formed densely per head before it meets v.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Exit codes: 0 all inputs done (skipped existing outputs included), 1 internal error,
 2 usage error, 3 weights unavailable, 4 at least one input failed, 5 no input matched.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,8 +45,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """fbseg."""
 
 

@@ -1,4 +1,5 @@
 """The stderr console and the error → exit-code mapping, shared by every command."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ from rich.console import Console
 err = Console(stderr=True, highlight=False)
 
 
-def fail(message: str, code: int) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int) -> NoReturn:  # noqa: F821
     import typer
 
     err.print(f"[red]error:[/red] {message}", soft_wrap=True)
@@ -39,8 +40,13 @@ def guarded(debug: bool) -> Iterator[None]:
 def progress_bar(enabled: bool):
     """Done/total, images per second, ETA and the current item, on stderr; drawn only on a
     terminal and when enabled."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class ImagesPerSecond(TextColumn):
@@ -50,7 +56,15 @@ def progress_bar(enabled: bool):
         def render(self, task):
             return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s")
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    ImagesPerSecond(), TimeRemainingColumn(),
-                    console=err, disable=not (enabled and err.is_terminal), transient=True,
-                    redirect_stdout=False, redirect_stderr=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        ImagesPerSecond(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not (enabled and err.is_terminal),
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )

@@ -1,6 +1,7 @@
 """Options shared by several commands: one definition, one help text, choices and defaults
 read from the library's registries and its ``SegmentConfig`` (flags default to None and only
 override)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,30 +15,135 @@ from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
 from fbseg.pipeline.config import DEFAULTS, SegmentConfig
 
-M, O, P, W = "Model", "Output", "Performance", "Protocol"
+MODEL, OUTPUT, PERF, PROTOCOL = "Model", "Output", "Performance", "Protocol"
 
 _TAGS = ", ".join(f"{name}: {spec.pretrained}" for name, spec in BACKBONES)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"open_clip ViT architecture with a class token ({', '.join(BACKBONES.names())}, ...); SigLIP, CLIPA, CoCa, ResNet and timm towers are refused.", rich_help_panel=M)]
-PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help=f"open_clip pretrained tag (default {_TAGS}); its table entry sets the activation (QuickGELU for openai) and mean/std. With --checkpoint: the file is a local copy of this tag.", rich_help_panel=M)]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Local CLIP weights: a state dict (architecture of --model, or of --pretrained TAG if given), or an OpenAI TorchScript .pt (QuickGELU).", rich_help_panel=M)]
-HostOpt = Annotated[str, typer.Option("--host", help=" | ".join(HOSTS.names()) + ".", rich_help_panel=M)]
-ProxyOpt = Annotated[Optional[str], typer.Option("--proxy", help=f"Proxy for the hosts that use one: {' | '.join(PROXIES.names())} (default {DEFAULT_PROXY}).", rich_help_panel=M, show_default=False)]
-ProxyCheckpointOpt = Annotated[Optional[Path], typer.Option("--proxy-checkpoint", help="Local proxy weights (state dict of the timm model).", rich_help_panel=M)]
-FeedbackOpt = Annotated[Optional[bool], typer.Option("--feedback/--no-feedback", help=f"FSA on or off (default {'on' if DEFAULTS.feedback else 'off'}).", rich_help_panel=M, show_default=False)]
-LamOpt = Annotated[Optional[float], typer.Option("--lam", help="FSA's λ (default by backbone/proxy).", rich_help_panel=M)]
-ShortSideOpt = Annotated[Optional[int], typer.Option("--short-side", help=f"Resize so the short side is this, long side ≤ 2048 (default {DEFAULTS.short_side}).", rich_help_panel=W, show_default=False)]
-WindowOpt = Annotated[Optional[int], typer.Option("--window", help=f"Sliding window size (default {DEFAULTS.window}).", rich_help_panel=W, show_default=False)]
-StrideOpt = Annotated[Optional[int], typer.Option("--stride", help=f"Sliding window stride (default {DEFAULTS.stride}).", rich_help_panel=W, show_default=False)]
-LogitScaleOpt = Annotated[Optional[float], typer.Option("--logit-scale", help=f"Logit scale before the softmax (default {DEFAULTS.logit_scale:g}).", rich_help_panel=W, show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto | cpu | cuda | mps.", rich_help_panel=P)]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.", rich_help_panel=P)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.", rich_help_panel=O)]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=P)]
-ClassesOpt = Annotated[Optional[str], typer.Option("--classes", "-c", help='Classes, e.g. "cat,sofa; couch".')]
-ClassesFileOpt = Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (names split on ';').")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=O)]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Rewrite existing outputs (default: skip).", rich_help_panel=O)]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"open_clip ViT architecture with a class token ({', '.join(BACKBONES.names())}, ...); SigLIP, CLIPA, CoCa, ResNet and timm towers are refused.",
+        rich_help_panel=MODEL,
+    ),
+]
+PretrainedOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pretrained",
+        help=f"open_clip pretrained tag (default {_TAGS}); its table entry sets the activation (QuickGELU for openai) and mean/std. With --checkpoint: the file is a local copy of this tag.",
+        rich_help_panel=MODEL,
+    ),
+]
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--checkpoint",
+        help="Local CLIP weights: a state dict (architecture of --model, or of --pretrained TAG if given), or an OpenAI TorchScript .pt (QuickGELU).",
+        rich_help_panel=MODEL,
+    ),
+]
+HostOpt = Annotated[
+    str, typer.Option("--host", help=" | ".join(HOSTS.names()) + ".", rich_help_panel=MODEL)
+]
+ProxyOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--proxy",
+        help=f"Proxy for the hosts that use one: {' | '.join(PROXIES.names())} (default {DEFAULT_PROXY}).",
+        rich_help_panel=MODEL,
+        show_default=False,
+    ),
+]
+ProxyCheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--proxy-checkpoint",
+        help="Local proxy weights (state dict of the timm model).",
+        rich_help_panel=MODEL,
+    ),
+]
+FeedbackOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--feedback/--no-feedback",
+        help=f"FSA on or off (default {'on' if DEFAULTS.feedback else 'off'}).",
+        rich_help_panel=MODEL,
+        show_default=False,
+    ),
+]
+LamOpt = Annotated[
+    Optional[float],
+    typer.Option("--lam", help="FSA's λ (default by backbone/proxy).", rich_help_panel=MODEL),
+]
+ShortSideOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--short-side",
+        help=f"Resize so the short side is this, long side ≤ 2048 (default {DEFAULTS.short_side}).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+WindowOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--window",
+        help=f"Sliding window size (default {DEFAULTS.window}).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+StrideOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--stride",
+        help=f"Sliding window stride (default {DEFAULTS.stride}).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+LogitScaleOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--logit-scale",
+        help=f"Logit scale before the softmax (default {DEFAULTS.logit_scale:g}).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", "-d", help="auto | cpu | cuda | mps.", rich_help_panel=PERF)
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.",
+        rich_help_panel=PERF,
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress or tables on stderr.", rich_help_panel=OUTPUT),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=PERF)]
+ClassesOpt = Annotated[
+    Optional[str], typer.Option("--classes", "-c", help='Classes, e.g. "cat,sofa; couch".')
+]
+ClassesFileOpt = Annotated[
+    Optional[Path], typer.Option("--classes-file", help="One class per line (names split on ';').")
+]
+OutputOpt = Annotated[
+    Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=OUTPUT)
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Rewrite existing outputs (default: skip).", rich_help_panel=OUTPUT
+    ),
+]
 
 DEFAULT_MODEL = DEFAULT_BACKBONE
 DEFAULT_HOST_NAME = DEFAULT_HOST
@@ -61,9 +167,11 @@ class ModelChoice:
         return cls(**{k: flags[k] for k in cls.__dataclass_fields__})
 
     def label(self) -> str:
-        """"ViT-B-16 + proxyclip (dino)" as the library names the host."""
+        """ "ViT-B-16 + proxyclip (dino)" as the library names the host."""
         uses_proxy = HOSTS.get(self.host).needs_proxy
-        return f"{self.model} + {self.host}" + (f" ({self.proxy or DEFAULT_PROXY})" if uses_proxy else "")
+        return f"{self.model} + {self.host}" + (
+            f" ({self.proxy or DEFAULT_PROXY})" if uses_proxy else ""
+        )
 
 
 def protocol_flags(flags: dict, base: SegmentConfig = DEFAULTS) -> SegmentConfig:
@@ -72,7 +180,9 @@ def protocol_flags(flags: dict, base: SegmentConfig = DEFAULTS) -> SegmentConfig
     return base.with_flags(**{k: flags[k] for k in names})
 
 
-def load_segmenter(choice: ModelChoice, config: SegmentConfig, *, show: bool, device: str | None = None):
+def load_segmenter(
+    choice: ModelChoice, config: SegmentConfig, *, show: bool, device: str | None = None
+):
     """Print what is loading, then build the Segmenter (the library does the work)."""
     from fbseg.pipeline.segmenter import Segmenter
 
@@ -80,11 +190,17 @@ def load_segmenter(choice: ModelChoice, config: SegmentConfig, *, show: bool, de
 
     if show:
         err.print(f"loading {choice.label()}{' + FSA' if config.feedback else ''} ...")
-    return Segmenter.from_pretrained(choice.model, pretrained=choice.pretrained,
-                                     checkpoint=choice.checkpoint, host=choice.host,
-                                     proxy=choice.proxy, proxy_checkpoint=choice.proxy_checkpoint,
-                                     config=config, device=device or choice.device,
-                                     precision=choice.precision)
+    return Segmenter.from_pretrained(
+        choice.model,
+        pretrained=choice.pretrained,
+        checkpoint=choice.checkpoint,
+        host=choice.host,
+        proxy=choice.proxy,
+        proxy_checkpoint=choice.proxy_checkpoint,
+        config=config,
+        device=device or choice.device,
+        precision=choice.precision,
+    )
 
 
 def class_list(classes, classes_file, background=None, background_threshold=None):

@@ -1,4 +1,5 @@
 """`fbseg eval`: a benchmark's validation split with the paper's protocol; mIoU as mmseg."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,30 @@ import typer
 from fbseg.eval.datasets import DATASETS
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
-from ._options import (DEFAULT_HOST_NAME, DEFAULT_MODEL, O, CheckpointOpt, DebugOpt, DeviceOpt,
-                       FeedbackOpt, HostOpt, LamOpt, LogitScaleOpt, ModelChoice, ModelOpt,
-                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       ShortSideOpt, StrideOpt, WindowOpt, load_segmenter, protocol_flags)
+from ._options import (
+    DEFAULT_HOST_NAME,
+    DEFAULT_MODEL,
+    OUTPUT,
+    CheckpointOpt,
+    DebugOpt,
+    DeviceOpt,
+    FeedbackOpt,
+    HostOpt,
+    LamOpt,
+    LogitScaleOpt,
+    ModelChoice,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    ProxyCheckpointOpt,
+    ProxyOpt,
+    QuietOpt,
+    ShortSideOpt,
+    StrideOpt,
+    WindowOpt,
+    load_segmenter,
+    protocol_flags,
+)
 
 HELP = f"""Evaluate on a benchmark ({", ".join(DATASETS.names())}) with the paper's protocol: its
 class names, short side, window, stride and probability threshold (a protocol flag given
@@ -22,8 +43,15 @@ README). Per-image counts are cached in --work-dir, so an interrupted run resume
 
 
 def eval_command(
-    dataset: Annotated[str, typer.Option("--dataset", help=" | ".join(DATASETS.names()) + ".", show_default=False)],
-    root: Annotated[Path, typer.Option("--root", help="Folder holding the dataset (mmseg layout).", show_default=False)],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help=" | ".join(DATASETS.names()) + ".", show_default=False)
+    ],
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root", help="Folder holding the dataset (mmseg layout).", show_default=False
+        ),
+    ],
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -36,9 +64,22 @@ def eval_command(
     window: WindowOpt = None,
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images (a quick look).", rich_help_panel=O)] = None,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where per-image counts and the report go.", rich_help_panel=O)] = Path("fbseg-eval"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=O)] = False,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--limit", min=1, help="Only the first N images (a quick look).", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            "--work-dir", help="Where per-image counts and the report go.", rich_help_panel=OUTPUT
+        ),
+    ] = Path("fbseg-eval"),
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=OUTPUT),
+    ] = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -56,8 +97,9 @@ def eval_command(
         config = protocol_flags(flags, spec.config())
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
-        seg = load_segmenter(ModelChoice.from_flags(flags), config, show=show,
-                             device=dist.device_for(device))
+        seg = load_segmenter(
+            ModelChoice.from_flags(flags), config, show=show, device=dist.device_for(device)
+        )
         mine = dist.shard(samples)
         progress = progress_bar(show)
         with progress:
@@ -69,8 +111,9 @@ def eval_command(
                 progress.update(task, advance=1, description=f"{dataset} {item.sample.id[-30:]}")
 
             try:
-                report = evaluate.evaluate(seg, spec, mine, config=config, work_dir=work_dir,
-                                           on_image=step)
+                report = evaluate.evaluate(
+                    seg, spec, mine, config=config, work_dir=work_dir, on_image=step
+                )
             except KeyboardInterrupt:  # every finished image's counts are already on disk
                 fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)
         report = evaluate.merge_ranks(report, dist, len(samples))
@@ -89,16 +132,24 @@ def eval_command(
 def _table(data: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{data['dataset']} — {data['images']} images, {data['host']}"
-                    f"{' + FSA' if data['feedback'] else ''}")
+    t = Table(
+        title=f"{data['dataset']} — {data['images']} images, {data['host']}"
+        f"{' + FSA' if data['feedback'] else ''}"
+    )
     t.add_column("class")
     t.add_column("IoU %", justify="right")
     t.add_column("Acc %", justify="right")
     for row in data["per_class"]:
-        t.add_row(row["class"][:40], "–" if row["IoU"] is None else f"{row['IoU']:.2f}",
-                  "–" if row["Acc"] is None else f"{row['Acc']:.2f}")
+        t.add_row(
+            row["class"][:40],
+            "–" if row["IoU"] is None else f"{row['IoU']:.2f}",
+            "–" if row["Acc"] is None else f"{row['Acc']:.2f}",
+        )
     t.add_section()
-    t.add_row("mIoU", f"{data['mIoU']:.2f}" if data["mIoU"] is not None else "–",
-              f"mAcc {data['mAcc']:.2f}" if data["mAcc"] is not None else "")
+    t.add_row(
+        "mIoU",
+        f"{data['mIoU']:.2f}" if data["mIoU"] is not None else "–",
+        f"mAcc {data['mAcc']:.2f}" if data["mAcc"] is not None else "",
+    )
     t.add_row("aAcc", f"{data['aAcc']:.2f}", "")
     err.print(t)

@@ -1,4 +1,5 @@
 """`fbseg explain`: what the model attends to at chosen points, as a PNG sheet (+ HTML)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,34 @@ from typing import Annotated, Optional
 import typer
 
 from ._console import err, guarded
-from ._options import (DEFAULT_HOST_NAME, DEFAULT_MODEL, O, CheckpointOpt, ClassesFileOpt,
-                       ClassesOpt, DebugOpt, DeviceOpt, HostOpt, LamOpt, LogitScaleOpt,
-                       ModelChoice, ModelOpt, OutputOpt, OverwriteOpt, PrecisionOpt,
-                       PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt, ShortSideOpt,
-                       StrideOpt, WindowOpt, class_list, load_segmenter, protocol_flags)
+from ._options import (
+    DEFAULT_HOST_NAME,
+    DEFAULT_MODEL,
+    OUTPUT,
+    CheckpointOpt,
+    ClassesFileOpt,
+    ClassesOpt,
+    DebugOpt,
+    DeviceOpt,
+    HostOpt,
+    LamOpt,
+    LogitScaleOpt,
+    ModelChoice,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    ProxyCheckpointOpt,
+    ProxyOpt,
+    QuietOpt,
+    ShortSideOpt,
+    StrideOpt,
+    WindowOpt,
+    class_list,
+    load_segmenter,
+    protocol_flags,
+)
 
 HELP = """Show what the model attends to. For each point (--at X,Y in image pixels; default: the
 most confident pixel of each class) the sheet shows the rows of the host attention A, of
@@ -35,7 +59,10 @@ def explain_command(
     image: Annotated[Path, typer.Argument(help="One image.", show_default=False)],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    at: Annotated[Optional[list[str]], typer.Option("--at", help="A query point X,Y in pixels of the image (repeatable).")] = None,
+    at: Annotated[
+        Optional[list[str]],
+        typer.Option("--at", help="A query point X,Y in pixels of the image (repeatable)."),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -48,8 +75,22 @@ def explain_command(
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
     output: OutputOpt = Path("fbseg-out"),
-    html: Annotated[bool, typer.Option("--html", help="Also write an interactive, self-contained HTML page.", rich_help_panel=O)] = False,
-    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write the arrays behind every panel (.npz).", rich_help_panel=O)] = False,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write an interactive, self-contained HTML page.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    save_raw: Annotated[
+        bool,
+        typer.Option(
+            "--save-raw",
+            help="Also write the arrays behind every panel (.npz).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
@@ -70,10 +111,13 @@ def explain_command(
         choice = ModelChoice.from_flags(flags)
         seg = load_segmenter(choice, config, show=not quiet)
         exp = seg.explain(rgb, cl, points or None)
-        written = explain_files.write(exp, targets, title=f"{image.name} · {choice.label()} + FSA",
-                                      overwrite=overwrite)
+        written = explain_files.write(
+            exp, targets, title=f"{image.name} · {choice.label()} + FSA", overwrite=overwrite
+        )
         if not quiet:
             for p in exp.points:
-                err.print(f"point ({p.x}, {p.y}): window {p.window}, patch {p.patch}, "
-                          f"cut kept {int(p.keep.sum())}/{p.keep.size}")
+                err.print(
+                    f"point ({p.x}, {p.y}): window {p.window}, patch {p.patch}, "
+                    f"cut kept {int(p.keep.sum())}/{p.keep.size}"
+                )
             err.print("wrote " + ", ".join(str(w) for w in written))

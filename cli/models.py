@@ -1,4 +1,5 @@
 """`fbseg models`: what can run, as rich tables over the library's catalog."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,11 @@ from ._console import err, stdout_line
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout.")) -> None:
     from fbseg import catalog
 
-    data = {"backbones": catalog.list_backbones(), "hosts": catalog.list_hosts(),
-            "proxies": catalog.list_proxies()}
+    data = {
+        "backbones": catalog.list_backbones(),
+        "hosts": catalog.list_hosts(),
+        "proxies": catalog.list_proxies(),
+    }
     if as_json:
         stdout_line(json.dumps(data, indent=2))
         return
@@ -21,8 +25,14 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
     for col in ("model", "default weights", "activation", "λ", "cached", "notes"):
         t.add_column(col)
     for b in data["backbones"]:
-        t.add_row(b["name"], b["pretrained"], b["activation"], str(b["lam"]),
-                  "yes" if b["cached"] else "no", b["notes"])
+        t.add_row(
+            b["name"],
+            b["pretrained"],
+            b["activation"],
+            str(b["lam"]),
+            "yes" if b["cached"] else "no",
+            b["notes"],
+        )
     err.print(t)
     t = Table(title="Hosts (--host)")
     for col in ("host", "attention", "proxy"):
@@ -34,5 +44,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
     for col in ("proxy", "timm model", "λ", "cached"):
         t.add_column(col)
     for p in data["proxies"]:
-        t.add_row(p["name"], p["timm_name"], str(p["lam"] or "backbone's"), "yes" if p["cached"] else "no")
+        t.add_row(
+            p["name"], p["timm_name"], str(p["lam"] or "backbone's"), "yes" if p["cached"] else "no"
+        )
     err.print(t)

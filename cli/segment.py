@@ -1,4 +1,5 @@
 """`fbseg segment`: flags → config and options → ``segment_folder`` → progress and report."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,36 @@ from typing import Annotated, Optional
 import typer
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
-from ._options import (DEFAULT_HOST_NAME, DEFAULT_MODEL, O, P, ClassesFileOpt, ClassesOpt,
-                       CheckpointOpt, DebugOpt, DeviceOpt, FeedbackOpt, HostOpt, LamOpt,
-                       LogitScaleOpt, ModelChoice, ModelOpt, OutputOpt, OverwriteOpt,
-                       PrecisionOpt, PretrainedOpt, ProxyCheckpointOpt, ProxyOpt, QuietOpt,
-                       ShortSideOpt, StrideOpt, WindowOpt, class_list, load_segmenter,
-                       protocol_flags)
+from ._options import (
+    DEFAULT_HOST_NAME,
+    DEFAULT_MODEL,
+    OUTPUT,
+    PERF,
+    CheckpointOpt,
+    ClassesFileOpt,
+    ClassesOpt,
+    DebugOpt,
+    DeviceOpt,
+    FeedbackOpt,
+    HostOpt,
+    LamOpt,
+    LogitScaleOpt,
+    ModelChoice,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    ProxyCheckpointOpt,
+    ProxyOpt,
+    QuietOpt,
+    ShortSideOpt,
+    StrideOpt,
+    WindowOpt,
+    class_list,
+    load_segmenter,
+    protocol_flags,
+)
 
 HELP = """Segment images with free-text classes.
 
@@ -34,12 +59,25 @@ def _mask_modes() -> str:
 
 
 def segment(
-    paths: Annotated[list[str], typer.Argument(help="Images, folders, globs, or - for stdin.",
-                                               show_default=False)],
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Images, folders, globs, or - for stdin.", show_default=False),
+    ],
     classes: ClassesOpt = None,
     classes_file: ClassesFileOpt = None,
-    background: Annotated[Optional[str], typer.Option("--background", help="';'-separated names of a 'background' class prepended as label 0.")] = None,
-    background_threshold: Annotated[Optional[float], typer.Option("--background-threshold", help="Pixels whose top probability is below this become background.")] = None,
+    background: Annotated[
+        Optional[str],
+        typer.Option(
+            "--background", help="';'-separated names of a 'background' class prepended as label 0."
+        ),
+    ] = None,
+    background_threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            "--background-threshold",
+            help="Pixels whose top probability is below this become background.",
+        ),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -53,18 +91,67 @@ def segment(
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
     output: OutputOpt = Path("fbseg-out"),
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write PHOTO.overlay.png with a legend.", rich_help_panel=O)] = False,
-    opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Overlay opacity.", rich_help_panel=O)] = 0.5,
-    save_probs: Annotated[bool, typer.Option("--save-probs", help="Also write per-class probabilities (float16 .npz).", rich_help_panel=O)] = False,
-    masks: Annotated[str, typer.Option("--masks", help=f"{_mask_modes()}: the indexed PNG (pixel = class), or also one binary PNG per class.", rich_help_panel=O)] = "indexed",
-    compare: Annotated[bool, typer.Option("--compare", help="Also write the host-only mask and a diff image; the JSON gains the per-class change.", rich_help_panel=O)] = False,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay", help="Also write PHOTO.overlay.png with a legend.", rich_help_panel=OUTPUT
+        ),
+    ] = False,
+    opacity: Annotated[
+        float,
+        typer.Option(
+            "--opacity", min=0.0, max=1.0, help="Overlay opacity.", rich_help_panel=OUTPUT
+        ),
+    ] = 0.5,
+    save_probs: Annotated[
+        bool,
+        typer.Option(
+            "--save-probs",
+            help="Also write per-class probabilities (float16 .npz).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    masks: Annotated[
+        str,
+        typer.Option(
+            "--masks",
+            help=f"{_mask_modes()}: the indexed PNG (pixel = class), or also one binary PNG per class.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = "indexed",
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also write the host-only mask and a diff image; the JSON gains the per-class change.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.", rich_help_panel=O)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print each image's summary as one JSON line on stdout.", rich_help_panel=O)] = False,
+    recursive: Annotated[
+        bool,
+        typer.Option("--recursive", "-r", help="Descend into subfolders.", rich_help_panel=OUTPUT),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each image's summary as one JSON line on stdout.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_images: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).", rich_help_panel=P)] = None,
+    batch_images: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch",
+            min=1,
+            help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).",
+            rich_help_panel=PERF,
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     flags = dict(locals())
@@ -80,18 +167,28 @@ def segment(
         try:
             mask_mode = MaskMode(masks)
         except ValueError:
-            raise ConfigError(f"unknown --masks {masks!r}; use {' or '.join(_mask_modes().split(' | '))}") from None
-        options = OutputOptions(out_dir=output, overlay=overlay, opacity=opacity,
-                                overwrite=overwrite, save_probs=save_probs, masks=mask_mode,
-                                class_labels=cl.labels, compare=compare)
+            raise ConfigError(
+                f"unknown --masks {masks!r}; use {' or '.join(_mask_modes().split(' | '))}"
+            ) from None
+        options = OutputOptions(
+            out_dir=output,
+            overlay=overlay,
+            opacity=opacity,
+            overwrite=overwrite,
+            save_probs=save_probs,
+            masks=mask_mode,
+            class_labels=cl.labels,
+            compare=compare,
+        )
         check_run(options, config)
         scan = scan_inputs(paths, recursive)  # nothing to do fails before the model loads
         if any(i.path is None for i in scan.items) and sys.stdin.isatty():
             raise ConfigError("- reads an image from stdin, but stdin is a terminal")
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
-        seg = load_segmenter(ModelChoice.from_flags(flags), config, show=show,
-                             device=dist.device_for(device))
+        seg = load_segmenter(
+            ModelChoice.from_flags(flags), config, show=show, device=dist.device_for(device)
+        )
         progress = progress_bar(show and len(dist.shard(scan.items)) > 1)
         with progress:
             task = progress.add_task("segmenting", total=len(dist.shard(scan.items)))
@@ -101,19 +198,29 @@ def segment(
                 if outcome.status is ItemStatus.FAILED:  # an error is reported even with -q
                     progress.console.print(f"[red]failed:[/red] {outcome.reason}", soft_wrap=True)
                 elif outcome.status is ItemStatus.SKIPPED and show:
-                    progress.console.print(f"skipped {outcome.item.display}: outputs exist "
-                                           "(--overwrite to redo)")
+                    progress.console.print(
+                        f"skipped {outcome.item.display}: outputs exist (--overwrite to redo)"
+                    )
                 if as_json and outcome.result is not None:
                     line = outcome.result.to_json()
                     line["input"], line["outputs"] = outcome.item.display, outcome.outputs
                     stdout_line(json.dumps(line))
 
-            run = segment_folder(seg, scan, cl, options, images_per_group=batch_images,
-                                 stdin_reader=sys.stdin.buffer.read, dist=dist,
-                                 on_outcome=finished)
+            run = segment_folder(
+                seg,
+                scan,
+                cl,
+                options,
+                images_per_group=batch_images,
+                stdin_reader=sys.stdin.buffer.read,
+                dist=dist,
+                on_outcome=finished,
+            )
         if run.interrupted:
-            fail(f"interrupted: {run.done_here} of {run.planned} images done; rerun to resume",
-                 run.exit_code)
+            fail(
+                f"interrupted: {run.done_here} of {run.planned} images done; rerun to resume",
+                run.exit_code,
+            )
         distributed.shutdown()
         if show:
             _report(run)
@@ -130,13 +237,20 @@ def _report(run) -> None:
     done = [o for o in run.outcomes if o.status is ItemStatus.DONE]
     if len(run.entries) == 1 and len(run.outcomes) == 1 and done:
         r = done[0].result
-        t = Table(title=f"{done[0].item.display}  ({r.image_size[1]}×{r.image_size[0]}, "
-                        f"{r.meta['timings']['total_s']:.2f} s)")
+        t = Table(
+            title=f"{done[0].item.display}  ({r.image_size[1]}×{r.image_size[0]}, "
+            f"{r.meta['timings']['total_s']:.2f} s)"
+        )
         for col in ("#", "class", "pixels %", "mean conf", "max conf"):
             t.add_column(col, justify="right" if col != "class" else "left")
         for s in r.summary():
-            t.add_row(str(s.index), s.label, f"{100 * s.pixel_fraction:.1f}",
-                      f"{s.mean_confidence:.3f}", f"{s.max_confidence:.3f}")
+            t.add_row(
+                str(s.index),
+                s.label,
+                f"{100 * s.pixel_fraction:.1f}",
+                f"{s.mean_confidence:.3f}",
+                f"{s.max_confidence:.3f}",
+            )
         err.print(t)
         err.print("wrote " + ", ".join(done[0].outputs.values()))
         return
@@ -144,8 +258,10 @@ def _report(run) -> None:
         return  # its one line was printed as it happened
     counts = {s: run.count(s) for s in ItemStatus}
     extra = f", {run.skipped_non_images} non-images ignored" if run.skipped_non_images else ""
-    err.print(f"processed {counts[ItemStatus.DONE]}, skipped {counts[ItemStatus.SKIPPED]}, "
-              f"failed {counts[ItemStatus.FAILED]}{extra}")
+    err.print(
+        f"processed {counts[ItemStatus.DONE]}, skipped {counts[ItemStatus.SKIPPED]}, "
+        f"failed {counts[ItemStatus.FAILED]}{extra}"
+    )
     for e in run.entries:
         if e["status"] == ItemStatus.FAILED.value:
             err.print(f"  [red]✗[/red] {e['reason']}", soft_wrap=True)

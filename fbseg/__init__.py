@@ -1,13 +1,20 @@
 """fbseg: open-vocabulary semantic segmentation with CLIP and feedback self-adaptive attention."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from fbseg.classes import ClassList, parse_classes, read_class_file  # noqa: E402
 from fbseg.errors import (  # noqa: E402
-    ConfigError, FbsegError, InputError, NoInputError, OutputError, UnknownNameError,
+    ConfigError,
+    FbsegError,
+    InputError,
+    NoInputError,
+    OutputError,
+    UnknownNameError,
     WeightsUnavailableError,
 )
+from fbseg.pipeline.config import DEFAULTS, SegmentConfig  # noqa: E402
 from fbseg.result import ClassSummary, SegmentationResult  # noqa: E402
 
 
@@ -17,6 +24,10 @@ def __getattr__(name: str):
         from fbseg.pipeline.segmenter import Segmenter
 
         return Segmenter
+    if name == "segment_folder":
+        from fbseg.runs.folder import segment_folder
+
+        return segment_folder
     if name in ("list_hosts", "list_backbones", "list_proxies"):
         from fbseg import catalog
 
@@ -25,8 +36,24 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Segmenter", "SegmentationResult", "ClassSummary", "ClassList", "parse_classes",
-    "read_class_file", "FbsegError", "ConfigError", "UnknownNameError",
-    "WeightsUnavailableError", "InputError", "OutputError", "NoInputError",
-    "list_hosts", "list_backbones", "list_proxies", "__version__",
+    "Segmenter",
+    "SegmentConfig",
+    "DEFAULTS",
+    "segment_folder",
+    "SegmentationResult",
+    "ClassSummary",
+    "ClassList",
+    "parse_classes",
+    "read_class_file",
+    "FbsegError",
+    "ConfigError",
+    "UnknownNameError",
+    "WeightsUnavailableError",
+    "InputError",
+    "OutputError",
+    "NoInputError",
+    "list_hosts",
+    "list_backbones",
+    "list_proxies",
+    "__version__",
 ]

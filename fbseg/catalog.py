@@ -1,25 +1,43 @@
 """What can be run: backbones, hosts, proxies, and whether their weights are cached."""
+
 from __future__ import annotations
 
+from fbseg.hosts import HOSTS
 from fbseg.models.clip import BACKBONES, tag_network
 from fbseg.models.clip import is_cached as clip_cached
-from fbseg.hosts import HOSTS
 from fbseg.models.proxy_specs import PROXIES
 from fbseg.models.proxy_specs import is_cached as proxy_cached
 
 
 def list_backbones() -> list[dict]:
     """Each registered backbone, its default tag and the network that tag declares."""
-    return [{"name": n, "pretrained": s.pretrained, "lam": s.lam, "notes": s.notes,
-             "activation": tag_network(n, s.pretrained).as_dict()["activation"],
-             "cached": clip_cached(n, s.pretrained)} for n, s in BACKBONES]
+    return [
+        {
+            "name": n,
+            "pretrained": s.pretrained,
+            "lam": s.lam,
+            "notes": s.notes,
+            "activation": tag_network(n, s.pretrained).as_dict()["activation"],
+            "cached": clip_cached(n, s.pretrained),
+        }
+        for n, s in BACKBONES
+    ]
 
 
 def list_hosts() -> list[dict]:
-    return [{"name": n, "description": h.description, "uses_proxy": h.needs_proxy,
-             "residual": h.keeps_residual} for n, h in HOSTS]
+    return [
+        {
+            "name": n,
+            "description": h.description,
+            "uses_proxy": h.needs_proxy,
+            "residual": h.keeps_residual,
+        }
+        for n, h in HOSTS
+    ]
 
 
 def list_proxies() -> list[dict]:
-    return [{"name": n, "timm_name": s.timm_name, "lam": s.lam, "cached": proxy_cached(s)}
-            for n, s in PROXIES]
+    return [
+        {"name": n, "timm_name": s.timm_name, "lam": s.lam, "cached": proxy_cached(s)}
+        for n, s in PROXIES
+    ]

@@ -3,6 +3,7 @@
 A class is a tuple of names; the FSA reference's name files (one class per line, names
 separated by "; ") parse with the same rules.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Exception hierarchy. Each error maps to one CLI exit code and carries an optional hint."""
+
 from __future__ import annotations
 
 

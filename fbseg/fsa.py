@@ -4,6 +4,7 @@ Shapes: B crops, N patches on the host grid, C class names, h heads, d head widt
 Every function works for any floating dtype; the affinity and A_fb are always computed in
 fp32 (the reference precision), whatever the dtype of P.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ def feedback_distribution(s_host: torch.Tensor, s_uni: torch.Tensor) -> torch.Te
 ROW_CHUNK = 64
 
 
-def _affinity_rows(P_rows: torch.Tensor, log_p: torch.Tensor, entropy_rows: torch.Tensor) -> torch.Tensor:
+def _affinity_rows(
+    P_rows: torch.Tensor, log_p: torch.Tensor, entropy_rows: torch.Tensor
+) -> torch.Tensor:
     """S for some rows: P_rows (B, R, C), log_p (B, N, C), entropy_rows (B, R, 1) → (B, R, N)."""
     kl = entropy_rows - P_rows @ log_p.transpose(-1, -2)
     return 1.0 / (1.0 + kl.clamp_min(0.0))
@@ -61,8 +64,9 @@ def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -
     return torch.softmax(weights, dim=-1)
 
 
-def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P,
-                       row_chunk: int = ROW_CHUNK) -> torch.Tensor:
+def feedback_attention(
+    P: torch.Tensor, lam: float, p: float = NUCLEUS_P, row_chunk: int = ROW_CHUNK
+) -> torch.Tensor:
     """A_fb (B, N, N) fp32 from the class distribution P (B, N, C). Rows sum to 1.
 
     Computed in fp32 whatever P's dtype: log P of a peaked P (entries below ~6e-8 are 0 in
@@ -77,8 +81,9 @@ def feedback_attention(P: torch.Tensor, lam: float, p: float = NUCLEUS_P,
     out = torch.empty((B, N, N), dtype=P.dtype, device=P.device)
     for start in range(0, N, row_chunk):
         rows = slice(start, start + row_chunk)
-        out[:, rows] = attention_from_affinity(_affinity_rows(P[:, rows], log_p, entropy[:, rows]),
-                                               lam, p)
+        out[:, rows] = attention_from_affinity(
+            _affinity_rows(P[:, rows], log_p, entropy[:, rows]), lam, p
+        )
     return out
 
 
@@ -98,11 +103,13 @@ def ensemble_apply(
     """
     B, h, N, d = v.shape
     if A is None:
-        return (A_fb.unsqueeze(1) @ v)
+        return A_fb.unsqueeze(1) @ v
     if A.shape[1] == 1:
         cols = v.transpose(1, 2).reshape(B, N, h * d)
         fb_v = torch.bmm(A_fb, cols)
-        Av_cols = torch.bmm(A[:, 0], cols) if Av is None else Av.transpose(1, 2).reshape(B, N, h * d)
+        Av_cols = (
+            torch.bmm(A[:, 0], cols) if Av is None else Av.transpose(1, 2).reshape(B, N, h * d)
+        )
         del cols
         out = torch.bmm(A_fb, Av_cols)
         del Av_cols

@@ -1,4 +1,5 @@
 """Reading images (any mode, EXIF orientation, size limit) and writing files atomically."""
+
 from __future__ import annotations
 
 import errno
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fbseg.errors import InputError, OutputError
+
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -67,7 +69,8 @@ def read_image(source: ImageLike) -> np.ndarray:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise InputError(
-                    f"{path}: image too large ({img.width}×{img.height}; limit {MAX_PIXELS:,} pixels)")
+                    f"{path}: image too large ({img.width}×{img.height}; limit {MAX_PIXELS:,} pixels)"
+                )
             img.load()
             rgb = _to_rgb(ImageOps.exif_transpose(img))
     except InputError:

@@ -1,4 +1,5 @@
 """One small registry type, used for backbones, hosts and proxies."""
+
 from __future__ import annotations
 
 import difflib
@@ -36,7 +37,11 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.names())}"
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"known: {', '.join(self.names())}"
+            )
             raise UnknownNameError(f"unknown {self.kind} {name!r}; {hint}") from None
 
     def __contains__(self, name: object) -> bool:

@@ -1,4 +1,5 @@
 """Segmentation results as plain numpy (no torch needed to read them)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ class ClassSummary:
 
     def to_dict(self) -> dict:
         return {
-            "index": self.index, "class": self.label, "names": list(self.names),
-            "pixel_fraction": self.pixel_fraction, "mean_confidence": self.mean_confidence,
+            "index": self.index,
+            "class": self.label,
+            "names": list(self.names),
+            "pixel_fraction": self.pixel_fraction,
+            "mean_confidence": self.mean_confidence,
             "max_confidence": self.max_confidence,
         }
 
@@ -47,8 +51,16 @@ class SegmentationResult:
         for k, label in enumerate(self.classes):
             mask = self.labels == k
             mean = float(self.probs[k][mask].mean()) if counts[k] else 0.0
-            out.append(ClassSummary(k, label, self.names[k], float(counts[k] / total), mean,
-                                    float(self.probs[k].max())))
+            out.append(
+                ClassSummary(
+                    k,
+                    label,
+                    self.names[k],
+                    float(counts[k] / total),
+                    mean,
+                    float(self.probs[k].max()),
+                )
+            )
         return out
 
     def comparison(self) -> dict | None:
@@ -60,8 +72,15 @@ class SegmentationResult:
         after = np.bincount(self.labels.ravel(), minlength=K) / total
         return {
             "changed_pixel_fraction": float((self.baseline_labels != self.labels).mean()),
-            "classes": [{"class": c, "baseline_fraction": float(b), "feedback_fraction": float(a),
-                         "change": float(a - b)} for c, b, a in zip(self.classes, before, after)],
+            "classes": [
+                {
+                    "class": c,
+                    "baseline_fraction": float(b),
+                    "feedback_fraction": float(a),
+                    "change": float(a - b),
+                }
+                for c, b, a in zip(self.classes, before, after)
+            ],
         }
 
     def to_json(self) -> dict:

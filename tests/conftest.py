@@ -1,5 +1,6 @@
 """Shared fixtures: seeds, a tiny open_clip architecture, random real-architecture weights
 saved to files and loaded back the way a user loads a checkpoint."""
+
 from __future__ import annotations
 
 import random

@@ -3,6 +3,7 @@
 FBSEG_TEST_KILL_RANK=R makes rank R die abruptly (no cleanup, as a crash or an OOM kill
 would) when it starts its second batch of images.
 """
+
 import os
 import sys
 from pathlib import Path

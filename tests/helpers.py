@@ -1,4 +1,5 @@
 """Helpers shared by several test modules (data makers and fixed settings); not tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,29 +8,48 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import ASSETS, TINY, random_image, random_text
 from fbseg.eval.datasets import DATASETS, IGNORE_INDEX
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 
-FAST = ["--model", TINY, "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32"]
+from conftest import ASSETS, TINY, random_image, random_text
+
+FAST = [
+    "--model",
+    TINY,
+    "--host",
+    "naclip",
+    "--short-side",
+    "64",
+    "--window",
+    "64",
+    "--stride",
+    "32",
+]
 
 
 def bad_folder(root: Path) -> dict:
     root.mkdir()
     good = {}
-    Image.fromarray(random_image(60, 80)).save(root / "good.png"); good["good"] = (60, 80)
+    Image.fromarray(random_image(60, 80)).save(root / "good.png")
+    good["good"] = (60, 80)
     (root / "empty.jpg").write_bytes(b"")
     (root / "text.png").write_text("not an image")
     data = (ASSETS / "coffee.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    Image.fromarray(random_image(40, 50)).convert("CMYK").save(root / "cmyk.jpg"); good["cmyk"] = (40, 50)
-    Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)).save(root / "deep16.png")
+    Image.fromarray(random_image(40, 50)).convert("CMYK").save(root / "cmyk.jpg")
+    good["cmyk"] = (40, 50)
+    Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)).save(
+        root / "deep16.png"
+    )
     good["deep16"] = (30, 40)
     pal = Image.fromarray(random_image(30, 30)).convert("P")
-    pal.save(root / "palette.png", transparency=0); good["palette"] = (30, 30)
+    pal.save(root / "palette.png", transparency=0)
+    good["palette"] = (30, 30)
     rot = Image.fromarray(random_image(20, 60))
-    exif = rot.getexif(); exif[0x0112] = 6  # rotate 90°: displayed 60 high, 20 wide
-    rot.save(root / "rotated.jpg", exif=exif); good["rotated"] = (60, 20)
+    exif = rot.getexif()
+    exif[0x0112] = 6  # rotate 90°: displayed 60 high, 20 wide
+    rot.save(root / "rotated.jpg", exif=exif)
+    good["rotated"] = (60, 20)
     (root / "notes.txt").write_text("skip me")
     return good
 
@@ -62,8 +82,13 @@ def make_dataset(name: str, root: Path, n: int = 3, size=(24, 32), seed: int = 0
 def normalised(rgb, size):
     img = torch.from_numpy(rgb).permute(2, 0, 1).float()
     if tuple(img.shape[1:]) != size:
-        img = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear",
-                                              align_corners=False)[0].round().clamp(0, 255)
+        img = (
+            torch.nn.functional.interpolate(
+                img[None], size=size, mode="bilinear", align_corners=False
+            )[0]
+            .round()
+            .clamp(0, 255)
+        )
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
     std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
     return (img - mean) / std

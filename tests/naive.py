@@ -1,8 +1,9 @@
-"""Deliberately naive re-implementations of the spec (hosts.md, fsa.md), for the tests only.
+"""Deliberately naive re-implementations of the method (docs/hosts.md, docs/method.md), for the tests only.
 
 Explicit loops over heads, rows and windows; the N×N×C KL; nothing shared with fbseg.
 Shapes are per crop (no batch) unless said otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def last_block_input(visual, crop: torch.Tensor):
     patches = []
     for r in range(rows):
         for c in range(cols):
-            piece = crop[:, r * p:(r + 1) * p, c * p:(c + 1) * p]
+            piece = crop[:, r * p : (r + 1) * p, c * p : (c + 1) * p]
             patches.append((visual.conv1.weight * piece).sum(dim=(1, 2, 3)))
     x = torch.stack([visual.class_embedding] + patches)
     x = x + pos_table(visual.positional_embedding, rows, cols)
@@ -49,9 +50,9 @@ def qkv(block, x):
     y = block.ln_1(x)
     W, b = block.attn.in_proj_weight, block.attn.in_proj_bias
     q = y @ W[:D].T + b[:D]
-    k = y @ W[D:2 * D].T + b[D:2 * D]
-    v = y @ W[2 * D:].T + b[2 * D:]
-    return ([t[:, i * d:(i + 1) * d] for i in range(h)] for t in (q, k, v))
+    k = y @ W[D : 2 * D].T + b[D : 2 * D]
+    v = y @ W[2 * D :].T + b[2 * D :]
+    return ([t[:, i * d : (i + 1) * d] for i in range(h)] for t in (q, k, v))
 
 
 def softmax_rows(m: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ def gaussian(rows, cols, sigma=5.0):
     for i in range(N):
         for j in range(N):
             ri, ci, rj, cj = i // cols, i % cols, j // cols, j % cols
-            G[i + 1, j + 1] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma ** 2))
+            G[i + 1, j + 1] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma**2))
     return G
 
 
@@ -212,23 +213,46 @@ def crop_state(host: str, visual, crop, text, lam: float, proxy_feats: torch.Ten
         full = host_attention(host, block, x, grid)
         vp = [vh[1:] for vh in v]
         attn_heads = None if full is None else [a[1:, 1:] for a in full]
-        cls_terms = [0.0] * len(vp) if full is None else [a[1:, :1] @ vh[:1] for a, vh in zip(full, v)]
-    mixed = [vh if attn_heads is None else a @ vh + c for a, vh, c in
-             zip(attn_heads or [None] * len(vp), vp, cls_terms)]
+        cls_terms = (
+            [0.0] * len(vp) if full is None else [a[1:, :1] @ vh[:1] for a, vh in zip(full, v)]
+        )
+    mixed = [
+        vh if attn_heads is None else a @ vh + c
+        for a, vh, c in zip(attn_heads or [None] * len(vp), vp, cls_terms)
+    ]
     tokens = finish(block, x[1:], mixed, residual)
     s_host = cos_scores(visual, tokens, text, 20.0)
     mean_heads = [vh.mean(dim=0, keepdim=True).expand_as(vh) for vh in vp]
-    uni = finish(block, x[1:], mean_heads, residual) if residual else \
-        finish(block, None, [m[:1] for m in mean_heads], False)
+    uni = (
+        finish(block, x[1:], mean_heads, residual)
+        if residual
+        else finish(block, None, [m[:1] for m in mean_heads], False)
+    )
     s_uni = cos_scores(visual, uni, text, 35.0)
     P = torch.softmax(s_host - s_uni, dim=-1)
-    return {"x": x, "block": block, "residual": residual, "grid": out_grid, "vp": vp,
-            "attn_heads": attn_heads, "full": full, "tokens": tokens, "P": P,
-            "A_fb": feedback_attention(P, lam)}
+    return {
+        "x": x,
+        "block": block,
+        "residual": residual,
+        "grid": out_grid,
+        "vp": vp,
+        "attn_heads": attn_heads,
+        "full": full,
+        "tokens": tokens,
+        "P": P,
+        "A_fb": feedback_attention(P, lam),
+    }
 
 
-def crop_logits(host: str, visual, crop, text, feedback: bool, lam: float,
-                proxy_feats: torch.Tensor | None = None):
+def crop_logits(
+    host: str,
+    visual,
+    crop,
+    text,
+    feedback: bool,
+    lam: float,
+    proxy_feats: torch.Tensor | None = None,
+):
     """Cosine logits (C, rows, cols) of one crop, by the spec, step by step."""
     st = crop_state(host, visual, crop, text, lam, proxy_feats)
     tokens = st["tokens"]
@@ -255,14 +279,14 @@ def slide_probs(logits_fn, img, window, stride, pad_to, out_size, scale, name_to
             y1, x1 = max(y2 - window, 0), max(x2 - window, 0)
             crop = img[:, y1:y2, x1:x2]
             h, w = crop.shape[1:]
-            l = ((pad_to - w % pad_to) // 2) if w % pad_to else 0
-            r = ((pad_to - w % pad_to) - l) if w % pad_to else 0
+            left = ((pad_to - w % pad_to) // 2) if w % pad_to else 0
+            r = ((pad_to - w % pad_to) - left) if w % pad_to else 0
             t = ((pad_to - h % pad_to) // 2) if h % pad_to else 0
             b = ((pad_to - h % pad_to) - t) if h % pad_to else 0
-            crop = F.pad(crop, (l, r, t, b))
+            crop = F.pad(crop, (left, r, t, b))
             lg = logits_fn(crop)
             lg = F.interpolate(lg[None], size=crop.shape[1:], mode="bilinear")[0]
-            lg = lg[:, t:t + h, l:l + w]
+            lg = lg[:, t : t + h, left : left + w]
             if preds is None:
                 preds = torch.zeros(lg.shape[0], H, W)
             preds[:, y1:y2, x1:x2] += lg
@@ -271,6 +295,10 @@ def slide_probs(logits_fn, img, window, stride, pad_to, out_size, scale, name_to
     preds = F.interpolate(preds[None], size=out_size, mode="bilinear")[0]
     probs = torch.softmax(preds * scale, dim=0)
     K = max(name_to_class) + 1
-    out = torch.stack([torch.stack([probs[i] for i, c in enumerate(name_to_class) if c == k]).max(0)[0]
-                       for k in range(K)])
+    out = torch.stack(
+        [
+            torch.stack([probs[i] for i, c in enumerate(name_to_class) if c == k]).max(0)[0]
+            for k in range(K)
+        ]
+    )
     return out

@@ -1,4 +1,5 @@
 """Many images in one run: cross-image window batches, the streaming pipeline, faults."""
+
 import json
 from pathlib import Path
 
@@ -8,17 +9,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import naive
-from conftest import ASSETS, TINY, random_image
+from fbseg.pipeline.segmenter import Segmenter
+from fbseg.pipeline.window import protocol_size
 from fbseg.runs import folder as folder_run
 from fbseg.runs.inputs import collect_inputs
 from fbseg.runs.outputs import OutputOptions
 from fbseg.runs.stream import ItemStatus, stream_items
-from fbseg.pipeline.window import protocol_size
-from fbseg.pipeline.segmenter import Segmenter
 from fbseg_cli import app
-from helpers import FAST, bad_folder
-from helpers import normalised, with_text
+
+import naive
+from conftest import ASSETS, TINY, random_image
+from helpers import FAST, bad_folder, normalised, with_text
 
 
 def run(args):
@@ -31,8 +32,14 @@ def fast(tiny_ckpt):
 
 
 def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monkeypatch):
-    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32",
-                    windows_per_forward=5)  # 3 + 3 + 3 windows of 64²: batches mix images
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        precision="fp32",
+        windows_per_forward=5,
+    )  # 3 + 3 + 3 windows of 64²: batches mix images
     classes = ["cat", "sofa; couch", "floor"]
     with_text(seg, classes, 32)
     sizes = [(70, 130), (64, 100), (150, 90)]
@@ -41,6 +48,7 @@ def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monk
     real = seg.crop_model
 
     import fbseg.pipeline.segmenter as segmod
+
     orig = segmod.crop_logits
 
     def spy(model, crops, *a, **k):
@@ -48,8 +56,9 @@ def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monk
         return orig(model, crops, *a, **k)
 
     monkeypatch.setattr(segmod, "crop_logits", spy)
-    results = seg.segment_batch(images, classes, short_side=64, window=64, stride=32,
-                                feedback=False)
+    results = seg.segment_batch(
+        images, classes, short_side=64, window=64, stride=32, feedback=False
+    )
     assert batches == [5, 4]
     text = seg.encode_text(classes)
     for rgb, res in zip(images, results):
@@ -57,7 +66,14 @@ def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monk
         with torch.no_grad():
             expected = naive.slide_probs(
                 lambda c: naive.crop_logits("naclip", real.visual, c, text, False, 3.0),
-                normalised(rgb, size), 64, 32, 16, rgb.shape[:2], 40.0, [0, 1, 1, 2])
+                normalised(rgb, size),
+                64,
+                32,
+                16,
+                rgb.shape[:2],
+                40.0,
+                [0, 1, 1, 2],
+            )
         np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
 
 
@@ -94,8 +110,19 @@ def test_pipeline_keeps_input_order_and_groups(tmp_path):
 
 
 def test_per_class_masks(tmp_path, fast):
-    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat,sofa; couch,floor", "-o", str(tmp_path),
-             "--masks", "per-class", *fast])
+    r = run(
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat,sofa; couch,floor",
+            "-o",
+            str(tmp_path),
+            "--masks",
+            "per-class",
+            *fast,
+        ]
+    )
     assert r.exit_code == 0, r.output
     folder = tmp_path / "cat.masks"
     names = sorted(p.name for p in folder.iterdir())
@@ -133,7 +160,9 @@ def test_unreadable_and_vanishing_files_are_reported(tmp_path, fast, monkeypatch
     r = run(["segment", str(tmp_path / "in"), "-c", "a,b", "-o", str(out), *fast])
     assert r.exit_code == 4
     summary = json.loads((out / "summary.json").read_text())
-    reasons = {Path(i["input"]).name: i["reason"] for i in summary["images"] if i["status"] == "failed"}
+    reasons = {
+        Path(i["input"]).name: i["reason"] for i in summary["images"] if i["status"] == "failed"
+    }
     assert "permission denied" in reasons["locked.png"]
     assert "no such file" in reasons["vanish.png"]
     assert summary["done"] == len(good)
@@ -150,7 +179,7 @@ def test_output_folder_turning_unwritable_mid_run(tmp_path, fast, monkeypatch):
     for i in range(5):
         Image.fromarray(random_image(30, 30, seed=i)).save(src / f"im{i}.png")
     calls = {"n": 0}
-    real_link, real_replace = fbseg.io.os.link, fbseg.io.os.replace
+    real_link = fbseg.io.os.link
 
     def link(a, b):
         calls["n"] += 1
@@ -166,7 +195,12 @@ def test_output_folder_turning_unwritable_mid_run(tmp_path, fast, monkeypatch):
     out = tmp_path / "out"
     r = run(["segment", str(src), "-c", "a,b", "-o", str(out), *fast])
     assert r.exit_code == 4
-    assert sorted(p.name for p in out.iterdir()) == ["im0.json", "im0.mask.png", "im1.json", "im1.mask.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "im0.json",
+        "im0.mask.png",
+        "im1.json",
+        "im1.mask.png",
+    ]
     assert r.stderr.count("cannot write") >= 4  # three images and the run summary
     assert "summary.json" in r.stderr
     for name in ("im0", "im1"):
@@ -201,10 +235,57 @@ def test_one_image_from_stdin(tmp_path, tiny_ckpt):
 
     entry = Path(__file__).parent / "dist_entry.py"  # the CLI with the tiny config registered
     with open(ASSETS / "coffee.jpg", "rb") as stdin:
-        p = subprocess.run([sys.executable, str(entry), "segment", "-", "-c", "cup,table", "-o", str(tmp_path),
-                            *FAST, "--checkpoint", str(tiny_ckpt), "--json"],
-                           stdin=stdin, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [
+                sys.executable,
+                str(entry),
+                "segment",
+                "-",
+                "-c",
+                "cup,table",
+                "-o",
+                str(tmp_path),
+                *FAST,
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--json",
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["input"] == "<stdin>"
     with Image.open(ASSETS / "coffee.jpg") as src:
         assert Image.open(tmp_path / "stdin.mask.png").size == src.size
+
+
+def test_segment_folder_from_python_resumes_and_reports(tmp_path, tiny_clip):
+    """The folder run as a library call: same outputs, failures, summary and exit status as
+    the CLI, and a second call resumes (skips what is done)."""
+    from fbseg.classes import parse_classes
+    from fbseg.pipeline.config import SegmentConfig
+    from fbseg.runs.folder import segment_folder
+
+    good = bad_folder(tmp_path / "in")
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        precision="fp32",
+        config=SegmentConfig(short_side=64, window=64, stride=32),
+    )
+    classes = parse_classes("a,b")
+    with_text(seg, ["a", "b"], 32)
+    opts = OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels)
+    run = segment_folder(seg, [str(tmp_path / "in")], classes, opts)
+    assert run.exit_code == 4 and run.count(ItemStatus.DONE) == len(good)
+    assert run.count(ItemStatus.FAILED) == 3 and run.skipped_non_images == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["done"] == len(good) and summary["failed"] == 3
+    for stem, (h, w) in good.items():
+        assert np.asarray(Image.open(tmp_path / "out" / f"{stem}.mask.png")).shape == (h, w)
+    again = segment_folder(seg, [str(tmp_path / "in")], classes, opts)
+    assert again.count(ItemStatus.SKIPPED) == len(good) and again.count(ItemStatus.DONE) == 0

@@ -1,13 +1,15 @@
 """The class grammar, image reading and the small writers."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_image
 from fbseg import ConfigError, InputError, parse_classes, read_class_file
 from fbseg.classes import with_background
 from fbseg.io import atomic_write_bytes, read_image
 from fbseg.viz import blend, indexed_png, palette
+
+from conftest import random_image
 
 
 def test_grammar_string_and_list_agree():
@@ -19,7 +21,9 @@ def test_grammar_string_and_list_agree():
     assert a.name_to_class == [0, 1, 1, 2]
 
 
-@pytest.mark.parametrize("bad", ["", " , ", "cat,,dog", "cat;;kitten", "cat,dog,Cat", "a;b,b;a", "cat;Cat"])
+@pytest.mark.parametrize(
+    "bad", ["", " , ", "cat,,dog", "cat;;kitten", "cat,dog,Cat", "a;b,b;a", "cat;Cat"]
+)
 def test_bad_class_lists_are_errors(bad):
     with pytest.raises(ConfigError):
         parse_classes(bad)
@@ -41,7 +45,9 @@ def test_background_is_prepended_as_label_zero():
 def test_image_modes_are_converted(tmp_path):
     rgb = random_image(20, 30)
     for mode in ("L", "RGBA", "CMYK", "P"):
-        Image.fromarray(rgb).convert(mode).save(tmp_path / f"x_{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+        Image.fromarray(rgb).convert(mode).save(
+            tmp_path / f"x_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+        )
         out = read_image(next(tmp_path.glob(f"x_{mode}.*")))
         assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     deep = (np.arange(600).reshape(20, 30) * 100).astype(np.uint16)
@@ -68,7 +74,9 @@ def test_indexed_png_round_trip_and_overlay_formula(tmp_path):
     np.testing.assert_array_equal(np.asarray(back), labels)
     np.testing.assert_array_equal(np.asarray(back.getpalette()[:15]).reshape(5, 3), colours)
     img = random_image(13, 17)
-    expected = np.clip(0.7 * img + 0.3 * colours[labels].astype(np.float64) + 0.5, 0, 255).astype(np.uint8)
+    expected = np.clip(0.7 * img + 0.3 * colours[labels].astype(np.float64) + 0.5, 0, 255).astype(
+        np.uint8
+    )
     assert np.abs(blend(img, labels, colours, 0.3).astype(int) - expected.astype(int)).max() <= 1
 
 

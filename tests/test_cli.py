@@ -1,4 +1,5 @@
 """The command line as a user meets it: outputs, exit codes, bad input, resume, offline."""
+
 import json
 import os
 import subprocess
@@ -11,9 +12,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import ASSETS, TINY, interrupt_on_call, random_image
-from helpers import FAST, bad_folder
 from fbseg_cli import app
+
+from conftest import ASSETS, interrupt_on_call, random_image
+from helpers import FAST, bad_folder
+
 
 def run(args, **kw):
     return CliRunner().invoke(app, args, catch_exceptions=False, **kw)
@@ -25,8 +28,18 @@ def fast(tiny_ckpt):
 
 
 def test_single_image_writes_mask_json_overlay(tmp_path, fast):
-    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat,sofa; couch,floor", "-o", str(tmp_path),
-             "--overlay", *fast])
+    r = run(
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat,sofa; couch,floor",
+            "-o",
+            str(tmp_path),
+            "--overlay",
+            *fast,
+        ]
+    )
     assert r.exit_code == 0, r.output
     mask = Image.open(tmp_path / "cat.mask.png")
     assert mask.mode == "P" and mask.size == (451, 300)
@@ -43,12 +56,26 @@ def test_single_image_writes_mask_json_overlay(tmp_path, fast):
 def test_json_stdout_is_one_clean_line_per_image(tmp_path, fast):
     for i in range(2):
         Image.fromarray(random_image(50, 70, seed=i)).save(tmp_path / f"im{i}.png")
-    r = run(["segment", str(tmp_path / "im0.png"), str(tmp_path / "im1.png"), "-c", "a,b", "--json",
-             "-o", str(tmp_path / "out"), *fast])
+    r = run(
+        [
+            "segment",
+            str(tmp_path / "im0.png"),
+            str(tmp_path / "im1.png"),
+            "-c",
+            "a,b",
+            "--json",
+            "-o",
+            str(tmp_path / "out"),
+            *fast,
+        ]
+    )
     assert r.exit_code == 0
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2
-    assert {json.loads(line)["input"] for line in lines} == {str(tmp_path / "im0.png"), str(tmp_path / "im1.png")}
+    assert {json.loads(line)["input"] for line in lines} == {
+        str(tmp_path / "im0.png"),
+        str(tmp_path / "im1.png"),
+    }
 
 
 def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, fast):
@@ -95,21 +122,36 @@ def test_unwritable_output_is_reported_without_partial_files(tmp_path, fast, mon
 def test_same_stem_inputs_keep_their_suffix(tmp_path, fast):
     Image.fromarray(random_image(40, 40, 1)).save(tmp_path / "a.jpg")
     Image.fromarray(random_image(40, 40, 2)).save(tmp_path / "a.png")
-    r = run(["segment", str(tmp_path / "a.jpg"), str(tmp_path / "a.png"), "-c", "x,y",
-             "-o", str(tmp_path / "o"), *fast])
+    r = run(
+        [
+            "segment",
+            str(tmp_path / "a.jpg"),
+            str(tmp_path / "a.png"),
+            "-c",
+            "x,y",
+            "-o",
+            str(tmp_path / "o"),
+            *fast,
+        ]
+    )
     assert r.exit_code == 0
-    assert (tmp_path / "o" / "a.jpg.mask.png").exists() and (tmp_path / "o" / "a.png.mask.png").exists()
+    assert (tmp_path / "o" / "a.jpg.mask.png").exists() and (
+        tmp_path / "o" / "a.png.mask.png"
+    ).exists()
 
 
-@pytest.mark.parametrize("args,code,text", [
-    (["-c", "cat,,dog"], 2, "empty class"),
-    (["-c", "cat,Cat"], 2, "duplicate class"),
-    (["-c", "cat", "--background-threshold", "0.2"], 2, "needs --background"),
-    (["-c", "cat", "--host", "naclipp"], 2, "did you mean naclip"),
-    (["-c", "cat", "--model", "ViT-B-61"], 2, "unknown model"),
-    (["-c", "cat", "--precision", "fp8"], 2, "unknown precision"),
-    (["-c", "cat", "--compare", "--no-feedback"], 2, "needs --feedback"),
-])
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["-c", "cat,,dog"], 2, "empty class"),
+        (["-c", "cat,Cat"], 2, "duplicate class"),
+        (["-c", "cat", "--background-threshold", "0.2"], 2, "needs --background"),
+        (["-c", "cat", "--host", "naclipp"], 2, "did you mean naclip"),
+        (["-c", "cat", "--model", "ViT-B-61"], 2, "unknown model"),
+        (["-c", "cat", "--precision", "fp8"], 2, "unknown precision"),
+        (["-c", "cat", "--compare", "--no-feedback"], 2, "needs --feedback"),
+    ],
+)
 def test_usage_errors(tmp_path, fast, args, code, text):
     r = run(["segment", str(ASSETS / "cat.jpg"), "-o", str(tmp_path), *fast, *args])
     assert r.exit_code == code
@@ -124,33 +166,70 @@ def test_missing_input_and_directory(tmp_path, fast):
 
 
 def test_wrong_architecture_and_garbage_checkpoints(tmp_path, b16_ckpt):
-    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--checkpoint", str(b16_ckpt),
-             "--model", "ViT-L-14", "--host", "naclip", "-o", str(tmp_path)])
+    r = run(
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat",
+            "--checkpoint",
+            str(b16_ckpt),
+            "--model",
+            "ViT-L-14",
+            "--host",
+            "naclip",
+            "-o",
+            str(tmp_path),
+        ]
+    )
     assert r.exit_code == 3 and "does not match ViT-L-14" in r.stderr
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 100)
-    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--checkpoint", str(junk),
-             "--host", "naclip", "-o", str(tmp_path)])
+    r = run(
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat",
+            "--checkpoint",
+            str(junk),
+            "--host",
+            "naclip",
+            "-o",
+            str(tmp_path),
+        ]
+    )
     assert r.exit_code == 3 and "not a readable weights file" in r.stderr
 
 
 def _cli(args, env_extra, cwd):
     env = dict(os.environ, **env_extra)
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "fbseg_cli", *args], capture_output=True, text=True,
-                       env=env, cwd=cwd, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "fbseg_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
     return p, time.perf_counter() - t0
 
 
 def test_offline_without_weights_fails_fast_with_exit_3(tmp_path, b16_ckpt):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path)}
-    p, seconds = _cli(["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--host", "naclip"], env, tmp_path)
+    p, seconds = _cli(
+        ["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--host", "naclip"], env, tmp_path
+    )
     assert p.returncode == 3, p.stderr
-    lines = [l for l in p.stderr.splitlines() if "error" in l]
+    lines = [line for line in p.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and "--checkpoint" in lines[0] and "Traceback" not in p.stderr
     assert seconds < 60  # no minute of retries (the model build itself dominates)
-    p, _ = _cli(["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--checkpoint", str(b16_ckpt)],
-                env, tmp_path)  # proxyclip default needs proxy weights
+    p, _ = _cli(
+        ["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "--checkpoint", str(b16_ckpt)],
+        env,
+        tmp_path,
+    )  # proxyclip default needs proxy weights
     assert p.returncode == 3 and "--proxy-checkpoint" in p.stderr
 
 
@@ -181,8 +260,9 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
     args = ["segment", str(src), "-c", "a,b", "-o", str(tmp_path / "out"), *fast]
     r = run(args)
     assert r.exit_code == 130 and "2 of 5 images done" in r.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json") == \
-        ["im0.json", "im1.json"]
+    assert sorted(
+        p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json"
+    ) == ["im0.json", "im1.json"]
     assert not list((tmp_path / "out").glob(".*tmp"))
     monkeypatch.setattr(Segmenter, "segment_batch", real)
     r = run(args)
@@ -193,5 +273,7 @@ def test_interrupt_then_resume_processes_exactly_the_rest(tmp_path, fast, monkey
 
 def test_quiet_still_reports_a_failed_input(tmp_path, fast):
     (tmp_path / "bad.jpg").write_text("not an image")
-    r = run(["segment", str(tmp_path / "bad.jpg"), "-c", "cat", "-o", str(tmp_path / "o"), "-q", *fast])
+    r = run(
+        ["segment", str(tmp_path / "bad.jpg"), "-c", "cat", "-o", str(tmp_path / "o"), "-q", *fast]
+    )
     assert r.exit_code == 4 and "bad.jpg: not an image" in r.stderr

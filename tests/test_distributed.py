@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo): same outputs and the same mIoU as one process."""
+
 import json
 import os
 import subprocess
@@ -6,11 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from conftest import TINY, random_image
 from fbseg.runs.distributed import Dist
+
+from conftest import TINY, random_image
 from helpers import make_dataset
 
 ENTRY = Path(__file__).parent / "dist_entry.py"
@@ -21,8 +22,17 @@ def _launch(nproc: int, args: list[str], tmp_path: Path, port: int, **env_extra)
     if nproc == 1:
         cmd = [sys.executable, str(ENTRY), *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(port), str(ENTRY), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(port),
+            str(ENTRY),
+            *args,
+        ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
@@ -39,13 +49,32 @@ def test_two_processes_segment_like_one(tmp_path, tiny_ckpt):
     for i in range(5):
         Image.fromarray(random_image(40 + 4 * i, 50, seed=i)).save(src / f"im{i}.png")
     (src / "bad.png").write_bytes(b"junk")
-    common = ["segment", str(src), "-c", "a,b; c,d", "--model", TINY, "--checkpoint", str(tiny_ckpt),
-              "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32", "-q"]
+    common = [
+        "segment",
+        str(src),
+        "-c",
+        "a,b; c,d",
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--host",
+        "naclip",
+        "--short-side",
+        "64",
+        "--window",
+        "64",
+        "--stride",
+        "32",
+        "-q",
+    ]
     one = _launch(1, common + ["-o", str(tmp_path / "one")], tmp_path, 29611)
     two = _launch(2, common + ["-o", str(tmp_path / "two")], tmp_path, 29612)
     assert one.returncode == 4 and two.returncode != 0, (one.stderr, two.stderr)
     masks = sorted(p.name for p in (tmp_path / "one").glob("*.mask.png"))
-    assert masks == sorted(p.name for p in (tmp_path / "two").glob("*.mask.png")) and len(masks) == 5
+    assert (
+        masks == sorted(p.name for p in (tmp_path / "two").glob("*.mask.png")) and len(masks) == 5
+    )
     for name in masks:
         a = np.asarray(Image.open(tmp_path / "one" / name))
         b = np.asarray(Image.open(tmp_path / "two" / name))
@@ -65,9 +94,27 @@ def test_a_dying_rank_fails_the_run_and_a_rerun_resumes(tmp_path, tiny_ckpt):
     src.mkdir()
     for i in range(6):
         Image.fromarray(random_image(40, 40, seed=i)).save(src / f"im{i}.png")
-    args = ["segment", str(src), "-c", "a,b", "--model", TINY, "--checkpoint", str(tiny_ckpt),
-            "--host", "naclip", "--short-side", "64", "--window", "64", "--stride", "32", "-q",
-            "-o", str(tmp_path / "out")]
+    args = [
+        "segment",
+        str(src),
+        "-c",
+        "a,b",
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--host",
+        "naclip",
+        "--short-side",
+        "64",
+        "--window",
+        "64",
+        "--stride",
+        "32",
+        "-q",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     crashed = _launch(2, args, tmp_path, 29631, FBSEG_TEST_KILL_RANK="1")
     assert crashed.returncode != 0 and "FAILED" in crashed.stderr  # torchrun names the dead rank
     written = {p.name for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json"}
@@ -76,14 +123,31 @@ def test_a_dying_rank_fails_the_run_and_a_rerun_resumes(tmp_path, tiny_ckpt):
     assert again.returncode == 0, again.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped"] == len(written) and summary["done"] == 6 - len(written)
-    assert sorted(i["input"] for i in summary["images"]) == sorted(str(src / f"im{i}.png") for i in range(6))
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no stale temporaries
+    assert sorted(i["input"] for i in summary["images"]) == sorted(
+        str(src / f"im{i}.png") for i in range(6)
+    )
+    assert not [
+        p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")
+    ]  # no stale temporaries
 
 
 def test_two_processes_evaluate_like_one(tmp_path, tiny_ckpt):
     make_dataset("voc21", tmp_path / "data", n=5)
-    common = ["eval", "--dataset", "voc21", "--root", str(tmp_path / "data"), "--model", TINY,
-              "--checkpoint", str(tiny_ckpt), "--host", "naclip", "--json", "-q"]
+    common = [
+        "eval",
+        "--dataset",
+        "voc21",
+        "--root",
+        str(tmp_path / "data"),
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--host",
+        "naclip",
+        "--json",
+        "-q",
+    ]
     one = _launch(1, common + ["--work-dir", str(tmp_path / "w1")], tmp_path, 29621)
     two = _launch(2, common + ["--work-dir", str(tmp_path / "w2")], tmp_path, 29622)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)

@@ -1,18 +1,19 @@
 """`fbseg eval`: dataset layouts, label handling, mmseg's mIoU, resume, the CLI."""
+
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY, interrupt_on_call, random_image
-from helpers import make_dataset
-from fbseg.eval.datasets import DATASETS, IGNORE_INDEX, find_samples, load_label
 from fbseg.errors import InputError
+from fbseg.eval.datasets import DATASETS, find_samples, load_label
 from fbseg.eval.metrics import area_counts, scores_from_counts
 from fbseg_cli import app
+
+from conftest import TINY, interrupt_on_call
+from helpers import make_dataset
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -24,7 +25,10 @@ def test_each_layout_pairs_images_with_their_labels(tmp_path, name):
     for s in samples:
         assert s.image.is_file() and s.label.is_file()
         assert s.label.name.endswith(spec.layout.label_suffix)
-        assert s.label.name[: -len(spec.layout.label_suffix)] == s.image.name[: -len(spec.layout.img_suffix)]
+        assert (
+            s.label.name[: -len(spec.layout.label_suffix)]
+            == s.image.name[: -len(spec.layout.img_suffix)]
+        )
     assert len(spec.classes()) == spec.num_classes
 
 
@@ -36,14 +40,25 @@ def test_reference_names_and_protocol():
     assert "trafficlight" in city.classes().labels and "trafficsign" in city.classes().labels
     # (short side, window, stride, prob_thd, logit scale) per dataset, as the README's table
     # quotes the reference's configs; every other value is SegmentConfig's default.
-    table = {n: (c.short_side, c.window, c.stride, c.prob_threshold, c.logit_scale)
-             for n, c in ((n, DATASETS.get(n).config()) for n in DATASETS.names())}
+    table = {
+        n: (c.short_side, c.window, c.stride, c.prob_threshold, c.logit_scale)
+        for n, c in ((n, DATASETS.get(n).config()) for n in DATASETS.names())
+    }
     assert table == {
-        "voc21": (336, 336, 112, 0.2, 40.0), "voc20": (336, 336, 112, 0.0, 40.0),
-        "context60": (336, 336, 112, 0.14, 40.0), "context59": (336, 336, 112, 0.0, 40.0),
-        "coco-object": (336, 336, 112, 0.3, 40.0), "coco-stuff": (336, 336, 112, 0.0, 40.0),
-        "cityscapes": (448, 224, 80, 0.0, 40.0), "ade20k": (448, 336, 112, 0.0, 40.0)}
-    assert [n for n in DATASETS.names() if DATASETS.get(n).reduce_zero_label] == ["ade20k", "context59", "voc20"]
+        "voc21": (336, 336, 112, 0.2, 40.0),
+        "voc20": (336, 336, 112, 0.0, 40.0),
+        "context60": (336, 336, 112, 0.14, 40.0),
+        "context59": (336, 336, 112, 0.0, 40.0),
+        "coco-object": (336, 336, 112, 0.3, 40.0),
+        "coco-stuff": (336, 336, 112, 0.0, 40.0),
+        "cityscapes": (448, 224, 80, 0.0, 40.0),
+        "ade20k": (448, 336, 112, 0.0, 40.0),
+    }
+    assert [n for n in DATASETS.names() if DATASETS.get(n).reduce_zero_label] == [
+        "ade20k",
+        "context59",
+        "voc20",
+    ]
 
 
 def test_missing_pieces_are_named(tmp_path):
@@ -85,7 +100,9 @@ def test_miou_equals_a_plain_confusion_matrix_over_a_dataset():
     for _ in range(5):
         label = rng.integers(0, K - 1, size=(30, 40))  # class K-1 never labelled
         label[rng.random(label.shape) < 0.1] = 255
-        pred = np.where(rng.random(label.shape) < 0.6, label, rng.integers(0, K - 2, size=label.shape))
+        pred = np.where(
+            rng.random(label.shape) < 0.6, label, rng.integers(0, K - 2, size=label.shape)
+        )
         pred = np.where(label == 255, rng.integers(0, K, size=label.shape), pred)
         totals += area_counts(pred, label, K)
         for t, p in zip(label.ravel(), pred.ravel()):
@@ -102,12 +119,28 @@ def test_miou_equals_a_plain_confusion_matrix_over_a_dataset():
 
 
 def _eval_args(root, tiny_ckpt, work, dataset="voc20"):
-    return ["eval", "--dataset", dataset, "--root", str(root), "--model", TINY, "--checkpoint",
-            str(tiny_ckpt), "--host", "naclip", "--work-dir", str(work), "--json", "-q"]
+    return [
+        "eval",
+        "--dataset",
+        dataset,
+        "--root",
+        str(root),
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--host",
+        "naclip",
+        "--work-dir",
+        str(work),
+        "--json",
+        "-q",
+    ]
 
 
-def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(tmp_path, tiny_ckpt, tiny_clip,
-                                                                      monkeypatch):
+def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(
+    tmp_path, tiny_ckpt, tiny_clip, monkeypatch
+):
     from fbseg.pipeline.segmenter import Segmenter
 
     make_dataset("voc20", tmp_path / "data", n=3)
@@ -127,8 +160,9 @@ def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(tmp_path, ti
         for t, p in zip(gt.ravel(), res.labels.ravel()):
             if t != 255:
                 conf[t, p] += 1
-    ious = [conf[k, k] / u for k in range(20)
-            if (u := conf[k].sum() + conf[:, k].sum() - conf[k, k])]
+    ious = [
+        conf[k, k] / u for k in range(20) if (u := conf[k].sum() + conf[:, k].sum() - conf[k, k])
+    ]
     assert report["mIoU"] == pytest.approx(round(100 * np.mean(ious), 2), abs=0.006)
 
     def must_not_run(*a, **k):

@@ -1,4 +1,5 @@
 """`fbseg explain` and `--compare`: the rows drawn are the true rows; points map right."""
+
 import json
 import shutil
 
@@ -8,15 +9,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import naive
-from conftest import ASSETS, TINY, random_image
 from fbseg.classes import parse_classes
 from fbseg.pipeline.explain import patch_of, pick_window, to_protocol
-from fbseg.pipeline.window import protocol_size
 from fbseg.pipeline.segmenter import Segmenter
+from fbseg.pipeline.window import protocol_size
 from fbseg_cli import app
-from helpers import FAST
-from helpers import normalised, with_text
+
+import naive
+from conftest import ASSETS, TINY, random_image
+from helpers import FAST, normalised, with_text
 
 KW = dict(short_side=64, window=56, stride=32)  # crops of 56 padded to 64: 4×4 grids
 
@@ -36,8 +37,14 @@ def test_points_map_to_windows_and_patches_at_corners(explained):
     _, rgb, _, exp = explained
     assert exp.protocol_size == protocol_size(70, 130, 64) == (64, 119)
     boxes = [w.box for w in exp.windows]
-    assert boxes == [(0, 56, 0, 56), (0, 56, 32, 88), (0, 56, 63, 119),
-                     (8, 64, 0, 56), (8, 64, 32, 88), (8, 64, 63, 119)]  # row by row
+    assert boxes == [
+        (0, 56, 0, 56),
+        (0, 56, 32, 88),
+        (0, 56, 63, 119),
+        (8, 64, 0, 56),
+        (8, 64, 32, 88),
+        (8, 64, 63, 119),
+    ]  # row by row
     got = [(p.window, p.patch) for p in exp.points]
     # top-left: first window, first patch; bottom-right: last window, last patch (the crop is
     # padded 4 px each side, so pixel 63 of 64 falls in grid cell 3)
@@ -88,16 +95,39 @@ def test_explain_masks_equal_segment_with_and_without_fsa(explained):
     assert np.array_equal(exp.feedback_labels, fb.labels)
     assert np.array_equal(exp.baseline_labels, base.labels)
     both = seg.segment(rgb, cl, compare=True, **KW)
-    assert np.array_equal(both.labels, fb.labels) and np.array_equal(both.baseline_labels, base.labels)
+    assert np.array_equal(both.labels, fb.labels) and np.array_equal(
+        both.baseline_labels, base.labels
+    )
     cmp = both.to_json()["compare"]
     assert cmp["changed_pixel_fraction"] == pytest.approx(float((base.labels != fb.labels).mean()))
     assert sum(c["change"] for c in cmp["classes"]) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_explain_cli_writes_sheet_page_and_raw(tmp_path, tiny_ckpt):
-    args = ["explain", str(ASSETS / "cat.jpg"), "-c", "cat,rug,wall", "--model", TINY,
-            "--checkpoint", str(tiny_ckpt), "--host", "naclip", "--short-side", "64", "--window",
-            "64", "--stride", "32", "-o", str(tmp_path), "--html", "--save-raw", "--at", "10,20"]
+    args = [
+        "explain",
+        str(ASSETS / "cat.jpg"),
+        "-c",
+        "cat,rug,wall",
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--host",
+        "naclip",
+        "--short-side",
+        "64",
+        "--window",
+        "64",
+        "--stride",
+        "32",
+        "-o",
+        str(tmp_path),
+        "--html",
+        "--save-raw",
+        "--at",
+        "10,20",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     sheet = Image.open(tmp_path / "cat.explain.png")
@@ -114,8 +144,21 @@ def test_explain_cli_writes_sheet_page_and_raw(tmp_path, tiny_ckpt):
 
 
 def test_segment_compare_writes_baseline_and_diff(tmp_path, tiny_ckpt):
-    r = CliRunner().invoke(app, ["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug,wall", "--compare",
-                                 "-o", str(tmp_path), *FAST, "--checkpoint", str(tiny_ckpt)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat,rug,wall",
+            "--compare",
+            "-o",
+            str(tmp_path),
+            *FAST,
+            "--checkpoint",
+            str(tiny_ckpt),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "cat.json").read_text())
     fb = np.asarray(Image.open(tmp_path / "cat.mask.png"))
@@ -129,8 +172,10 @@ def test_segment_compare_writes_baseline_and_diff(tmp_path, tiny_ckpt):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None or shutil.which("chromedriver") is None,
-                    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
+@pytest.mark.skipif(
+    CHROMIUM is None or shutil.which("chromedriver") is None,
+    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)",
+)
 def test_html_page_in_a_real_headless_browser(explained, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.common.action_chains import ActionChains
@@ -144,23 +189,41 @@ def test_html_page_in_a_real_headless_browser(explained, tmp_path):
     page.write_text(explain_html(exp, "test page"))
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    driver = webdriver.Chrome(
+        options=opts, service=webdriver.ChromeService(shutil.which("chromedriver"))
+    )
     try:
         driver.get(page.as_uri())
-        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready"))
+        WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script("return document.body.dataset.ready")
+        )
         main = driver.find_element(By.ID, "main")
         info = driver.find_element(By.ID, "info")
-        heat = lambda: driver.execute_script("return document.getElementById('feedback').toDataURL()")  # noqa: E731
+        heat = lambda: driver.execute_script(
+            "return document.getElementById('feedback').toDataURL()"
+        )  # noqa: E731
         w, h = main.size["width"], main.size["height"]
         # click near the top-left corner, then near the bottom-right corner
-        ActionChains(driver).move_to_element_with_offset(main, -w // 2 + 2, -h // 2 + 2).click().perform()
+        ActionChains(driver).move_to_element_with_offset(
+            main, -w // 2 + 2, -h // 2 + 2
+        ).click().perform()
         first_row, first_heat = info.get_attribute("data-row"), heat()
         assert first_row == "0:0", info.text
-        ActionChains(driver).move_to_element_with_offset(main, w // 2 - 3, h // 2 - 3).click().perform()
+        ActionChains(driver).move_to_element_with_offset(
+            main, w // 2 - 3, h // 2 - 3
+        ).click().perform()
         second_row, second_heat = info.get_attribute("data-row"), heat()
         assert second_row.startswith("5:") and second_row != first_row
         assert second_heat != first_heat  # a click changes the displayed row

@@ -1,9 +1,11 @@
 """The FSA step on identical inputs against the naive N×N×C / row-by-row forms (1e-6)."""
+
 import pytest
 import torch
 
-import naive
 from fbseg import fsa
+
+import naive
 
 
 def _P(B, N, C, seed=0, sharp=3.0):
@@ -84,7 +86,9 @@ def test_identity_host_collapses_to_feedback():
     v = torch.randn(1, 2, 30, 8, generator=g)
     torch.testing.assert_close(fsa.ensemble_apply(None, A_fb, v), A_fb[:, None] @ v)
     eye = torch.eye(30)[None, None]
-    torch.testing.assert_close(fsa.ensemble_apply(eye, A_fb, v), A_fb[:, None] @ v, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        fsa.ensemble_apply(eye, A_fb, v), A_fb[:, None] @ v, rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

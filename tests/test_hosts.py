@@ -1,12 +1,14 @@
 """Each host (FSA off and on) against the naive per-head implementation in naive.py, on
 random weights of real architectures loaded from files, fp32."""
+
 import pytest
 import torch
 
+from fbseg.hosts import HOSTS, build_host
+from fbseg.pipeline.crop import Capture, CropModel, crop_logits
+
 import naive
 from conftest import random_text
-from fbseg.pipeline.crop import Capture, CropModel, crop_logits
-from fbseg.hosts import HOSTS, build_host
 
 # Every registered host that attends on CLIP's own grid; ProxyCLIP has its own tests.
 CLIP_HOSTS = [name for name, entry in HOSTS if not entry.needs_proxy]
@@ -27,8 +29,9 @@ def _crop(h, w, seed=0):
 
 def _ours(visual, host, crop, text, feedback, lam=3.0, capture=None):
     model = CropModel(visual, build_host(host))
-    return crop_logits(model, crop, text, feedback=feedback, lam=lam, window=crop.shape[-1],
-                       capture=capture)[0]
+    return crop_logits(
+        model, crop, text, feedback=feedback, lam=lam, window=crop.shape[-1], capture=capture
+    )[0]
 
 
 @pytest.mark.parametrize("host", CLIP_HOSTS)
@@ -41,9 +44,11 @@ def test_tiny_hosts_match_naive(tiny_clip, host, size):
         expected = naive.crop_logits(host, visual, crop[0], text, feedback=False, lam=3.0)
         expected_fb = naive.crop_logits(host, visual, crop[0], text, feedback=True, lam=3.0)
     torch.testing.assert_close(_ours(visual, host, crop, text, False), expected, rtol=0, atol=1e-5)
-    # FSA on: the nucleus cut may move by float noise (fsa.md "Testing it"); with N ≤ 15 that
+    # FSA on: the nucleus cut may move by float noise (docs/method.md, "the cut is discontinuous"); with N ≤ 15 that
     # does not happen on these inputs, so the tiny model is held to the same bound.
-    torch.testing.assert_close(_ours(visual, host, crop, text, True), expected_fb, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        _ours(visual, host, crop, text, True), expected_fb, rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("host", CLIP_HOSTS)
@@ -59,7 +64,7 @@ def test_vit_b16_hosts_match_naive(b16_visual, host):
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
     ours_fb = _ours(b16_visual, host, crop, text, True)
     # FSA on, 294 patches: float-level differences may move entries across the nucleus cut
-    # (fsa.md); we require ≥ 99% of patches to keep their top name and a small mean change.
+    # (docs/method.md); we require ≥ 99% of patches to keep their top name and a small mean change.
     agree = (ours_fb.argmax(0) == expected_fb.argmax(0)).float().mean()
     assert agree >= 0.99
     assert (ours_fb - expected_fb).abs().mean() < 1e-4

@@ -1,15 +1,16 @@
 """Segmenter.segment end to end against the reference's forward_slide written naively."""
+
 import numpy as np
 import pytest
 import torch
 
+from fbseg.hosts import HOSTS
+from fbseg.pipeline.segmenter import Segmenter
+from fbseg.pipeline.window import protocol_size, window_boxes
+
 import naive
 from conftest import TINY, random_image, random_text
 from helpers import normalised, with_text
-from fbseg.models.clip import CLIP_MEAN, CLIP_STD
-from fbseg.pipeline.window import protocol_size, window_boxes
-from fbseg.hosts import HOSTS
-from fbseg.pipeline.segmenter import Segmenter
 
 
 @pytest.fixture(scope="module")
@@ -28,27 +29,43 @@ def test_segment_matches_naive_slide(tiny_clip, host, hw):
     res = seg.segment(rgb, classes, feedback=False, **kw)
     size = protocol_size(*hw, 64)
     img = normalised(rgb, size)
-    text = torch.from_numpy(np.stack([seg.text_cache.memory[n] for n in ["cat", "sofa", "couch", "floor"]]))
+    text = torch.from_numpy(
+        np.stack([seg.text_cache.memory[n] for n in ["cat", "sofa", "couch", "floor"]])
+    )
     with torch.no_grad():
         expected = naive.slide_probs(
             lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, False, 3.0),
-            img, 64, 32, 16, hw, 40.0, [0, 1, 1, 2])
+            img,
+            64,
+            32,
+            16,
+            hw,
+            40.0,
+            [0, 1, 1, 2],
+        )
     assert res.labels.shape == hw and res.probs.shape == (3, *hw)
     np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
     res_fb = seg.segment(rgb, classes, feedback=True, **kw)
     with torch.no_grad():
         expected_fb = naive.slide_probs(
             lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, True, 3.0),
-            img, 64, 32, 16, hw, 40.0, [0, 1, 1, 2])
-    # FSA on (fsa.md "Testing it"): labels agree on ≥ 99.9% of pixels, probabilities close.
+            img,
+            64,
+            32,
+            16,
+            hw,
+            40.0,
+            [0, 1, 1, 2],
+        )
+    # FSA on (docs/method.md, "the cut is discontinuous"): labels agree on ≥ 99.9% of pixels, probabilities close.
     agree = (res_fb.labels == expected_fb.argmax(0).numpy()).mean()
     assert agree >= 0.999
     assert np.abs(res_fb.probs - expected_fb.numpy()).max() < 1e-3
 
 
 def test_one_window_covering_the_image_equals_the_plain_forward(tiny_seg, tiny_clip):
-    from fbseg.pipeline.crop import CropModel, crop_logits
     from fbseg.hosts import build_host
+    from fbseg.pipeline.crop import CropModel, crop_logits
 
     classes = ["a", "b"]
     with_text(tiny_seg, classes, 32)
@@ -56,14 +73,24 @@ def test_one_window_covering_the_image_equals_the_plain_forward(tiny_seg, tiny_c
     res = tiny_seg.segment(rgb, classes, short_side=None, window=96, stride=96)
     img = normalised(rgb, (64, 96))[None]
     text = torch.from_numpy(np.stack([tiny_seg.text_cache.memory[n] for n in classes]))
-    grid = crop_logits(CropModel(tiny_clip.visual, build_host("naclip")), img, text,
-                       feedback=True, lam=3.0, window=96)
+    grid = crop_logits(
+        CropModel(tiny_clip.visual, build_host("naclip")),
+        img,
+        text,
+        feedback=True,
+        lam=3.0,
+        window=96,
+    )
     up = torch.nn.functional.interpolate(grid, size=(64, 96), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(res.probs, torch.softmax(up[0] * 40, 0).numpy(), rtol=0, atol=1e-6)
 
 
 def test_windows_follow_the_reference_positions():
-    assert window_boxes(336, 505, 336, 112) == [(0, 336, 0, 336), (0, 336, 112, 448), (0, 336, 169, 505)]
+    assert window_boxes(336, 505, 336, 112) == [
+        (0, 336, 0, 336),
+        (0, 336, 112, 448),
+        (0, 336, 169, 505),
+    ]
     assert window_boxes(200, 300, 336, 112) == [(0, 200, 0, 300)]  # smaller than the window
     boxes = window_boxes(600, 400, 336, 112)
     assert boxes[-1] == (264, 600, 64, 400) and len(boxes) == 4 * 2
@@ -105,8 +132,14 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
     import open_clip
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu",
-                    weights_id="tiny-test", text_cache_dir=tmp_path)
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        weights_id="tiny-test",
+        text_cache_dir=tmp_path,
+    )
     emb = seg.encode_text(["cat; kitten", "sofa"])
     tok = open_clip.get_tokenizer(TINY)
     with torch.no_grad():
@@ -115,8 +148,14 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
             mean = torch.stack([p / p.norm() for p in per]).mean(0)
             torch.testing.assert_close(row, mean / mean.norm(), rtol=0, atol=1e-5)
     # a second Segmenter finds every name in the disk cache
-    again = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu",
-                      weights_id="tiny-test", text_cache_dir=tmp_path)
+    again = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        weights_id="tiny-test",
+        text_cache_dir=tmp_path,
+    )
     torch.testing.assert_close(again.encode_text(["cat; kitten", "sofa"]), emb)
     assert again.text_cache.hits == 3 and again.text_cache.misses == 0
 
@@ -125,16 +164,18 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
 @pytest.mark.parametrize("model", ["ViT-L-14", "ViT-H-14"])
 def test_large_backbones_build_load_and_match(tmp_path, model):
     """The real ViT-L/14 and ViT-H/14 architectures: saved, loaded back, one host checked."""
-    from conftest import save_random_clip
+    from fbseg.hosts import build_host
     from fbseg.models.clip import load_clip
     from fbseg.pipeline.crop import CropModel, crop_logits
-    from fbseg.hosts import build_host
+
+    from conftest import save_random_clip
 
     visual = load_clip(model, None, save_random_clip(model, tmp_path / "w.pt")).visual
     crop = torch.randn(1, 3, 112, 140, generator=torch.Generator().manual_seed(0))
     text = random_text(3, visual.proj.shape[1])
-    ours = crop_logits(CropModel(visual, build_host("clearclip")), crop, text, feedback=False,
-                       lam=3.0, window=140)[0]
+    ours = crop_logits(
+        CropModel(visual, build_host("clearclip")), crop, text, feedback=False, lam=3.0, window=140
+    )[0]
     with torch.no_grad():
         expected = naive.crop_logits("clearclip", visual, crop[0], text, False, 3.0)
     assert ours.shape == (3, 8, 10)

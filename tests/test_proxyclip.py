@@ -1,14 +1,16 @@
 """ProxyCLIP: proxy features as the reference takes them, the proxy attention and FSA on it
 against naive.py, on random real proxy architectures loaded from files."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import naive
-from conftest import random_text, save_random_timm
-from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.hosts.proxyclip import ProxyCLIP
 from fbseg.models.proxies import PROXIES, load_proxy, proxy_features, proxy_input
+from fbseg.pipeline.crop import CropModel, crop_logits
+
+import naive
+from conftest import random_text, save_random_timm
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,9 @@ def dino(dino_ckpt):
 
 @pytest.fixture(scope="module")
 def dinov2_ckpt(tmp_path_factory):
-    return save_random_timm("vit_base_patch14_reg4_dinov2.lvd142m",
-                            tmp_path_factory.mktemp("w") / "dinov2.pt")
+    return save_random_timm(
+        "vit_base_patch14_reg4_dinov2.lvd142m", tmp_path_factory.mktemp("w") / "dinov2.pt"
+    )
 
 
 def _crop(h, w, seed=0):
@@ -61,7 +64,7 @@ def test_dinov2_features_equal_timm_dynamic_size(dinov2_ckpt):
     ours = proxy_features(ours_model, spec, crop, 336)
     assert ours.shape == (1, 768, 24, 16)
     with torch.no_grad():
-        expected = ref.eval().forward_features(proxy_input(crop))[:, ref.num_prefix_tokens:]
+        expected = ref.eval().forward_features(proxy_input(crop))[:, ref.num_prefix_tokens :]
     torch.testing.assert_close(ours[0].flatten(1).T, expected[0], rtol=0, atol=1e-4)
 
 
@@ -117,7 +120,9 @@ def test_sam_and_mae_proxies(tmp_path, b16_visual, name, grid):
     assert feats.shape[-2:] == grid
     if name == "mae":  # size-based bicubic table resize, final norm, CLS dropped
         with torch.no_grad():
-            x = F.interpolate(proxy_input(crop), size=(112, 112), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                proxy_input(crop), size=(112, 112), mode="bilinear", align_corners=False
+            )
             t = proxy.patch_embed.proj(x).flatten(2).transpose(1, 2)[0]
             table = proxy.pos_embed[0, 1:].reshape(14, 14, -1).permute(2, 0, 1)[None]
             table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)

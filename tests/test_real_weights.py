@@ -3,6 +3,7 @@ recognises a cat and segments it. Skipped unless run with ``-m network``:
 
     .venv/bin/python -m pytest -q -m network tests/test_real_weights.py
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,20 @@ def test_default_segment_labels_the_cat(tmp_path):
 
     from fbseg_cli import app
 
-    r = CliRunner().invoke(app, ["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug",
-                                 "-o", str(tmp_path), "--device", "cpu", "-q"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat,rug",
+            "-o",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     labels = np.asarray(Image.open(tmp_path / "cat.mask.png"))
     cat = np.asarray(Image.open(HERE / "data" / "cat_mask.png")).astype(bool)

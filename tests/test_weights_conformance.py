@@ -2,6 +2,7 @@
 declares for it (activation in both towers, input mean/std, image size), whatever open_clip's
 own defaults are. Weights are random, laid out in the hub cache and loaded offline the user's
 way; nothing is downloaded."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from fbseg.errors import ConfigError
+from fbseg.models.clip import BACKBONES
+from fbseg.pipeline.segmenter import Segmenter
+
 from conftest import random_image
 from weights_cache import hub_repo_of, lay_in_hub_cache, random_state
-from fbseg.models.clip import BACKBONES
-from fbseg.errors import ConfigError
-from fbseg.pipeline.segmenter import Segmenter
 
 SLOW = {"ViT-L-14", "ViT-H-14"}
 NON_PROXY_HOST = "naclip"
@@ -28,9 +30,12 @@ def declared(model: str, tag: str) -> dict:
 
     cfg = pretrained.get_pretrained_cfg(model, tag)
     model_cfg = open_clip.get_model_config(model)
-    return {"quick_gelu": bool(cfg.get("quick_gelu", model_cfg.get("quick_gelu", False))),
-            "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]),
-            "image_size": model_cfg["vision_cfg"]["image_size"]}
+    return {
+        "quick_gelu": bool(cfg.get("quick_gelu", model_cfg.get("quick_gelu", False))),
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "image_size": model_cfg["vision_cfg"]["image_size"],
+    }
 
 
 def activations(module: torch.nn.Module) -> set[str]:
@@ -73,11 +78,16 @@ def assert_network_as_declared(seg: Segmenter, model: str, tag: str) -> None:
 
 def _cases():
     for name, spec in BACKBONES:
-        yield pytest.param(name, spec.pretrained, id=f"{name}/{spec.pretrained}",
-                           marks=[pytest.mark.slow] if name in SLOW else [])
+        yield pytest.param(
+            name,
+            spec.pretrained,
+            id=f"{name}/{spec.pretrained}",
+            marks=[pytest.mark.slow] if name in SLOW else [],
+        )
     # A supported tag whose input statistics are not CLIP's own.
-    yield pytest.param("ViT-L-14", "laion2b_s32b_b82k", id="ViT-L-14/laion2b_s32b_b82k",
-                       marks=[pytest.mark.slow])
+    yield pytest.param(
+        "ViT-L-14", "laion2b_s32b_b82k", id="ViT-L-14/laion2b_s32b_b82k", marks=[pytest.mark.slow]
+    )
 
 
 @pytest.mark.parametrize("model,tag", list(_cases()))
@@ -85,8 +95,14 @@ def test_default_tag_builds_the_declared_network(offline_hub, model, tag):
     lay_in_hub_cache(offline_hub, hub_repo_of(model, tag), random_state(model))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = Segmenter.from_pretrained(model, pretrained=tag, host=NON_PROXY_HOST,
-                                        device="cpu", precision="fp32", text_cache=False)
+        seg = Segmenter.from_pretrained(
+            model,
+            pretrained=tag,
+            host=NON_PROXY_HOST,
+            device="cpu",
+            precision="fp32",
+            text_cache=False,
+        )
     assert not [w for w in caught if "QuickGELU" in str(w.message)]
     assert_network_as_declared(seg, model, tag)
 
@@ -96,7 +112,9 @@ def test_default_segmenter_is_quickgelu(offline_hub, dino_ckpt):
     from fbseg.models.clip import DEFAULT_BACKBONE, default_pretrained
 
     tag = default_pretrained(DEFAULT_BACKBONE)
-    lay_in_hub_cache(offline_hub, hub_repo_of(DEFAULT_BACKBONE, tag), random_state(DEFAULT_BACKBONE))
+    lay_in_hub_cache(
+        offline_hub, hub_repo_of(DEFAULT_BACKBONE, tag), random_state(DEFAULT_BACKBONE)
+    )
     seg = Segmenter.from_pretrained(proxy_checkpoint=dino_ckpt, device="cpu", text_cache=False)
     assert activations(seg.clip.visual.transformer) == {"QuickGELU"}
     assert activations(seg.clip.transformer) == {"QuickGELU"}
@@ -135,8 +153,14 @@ def test_openai_torchscript_file_loads_as_quickgelu(tmp_path):
     source = open_clip.create_model("ViT-B-16", force_quick_gelu=True).eval()
     path = tmp_path / "ViT-B-16.pt"
     torch.jit.script(source).save(str(path))
-    seg = Segmenter.from_pretrained("ViT-B-16", checkpoint=path, host=NON_PROXY_HOST,
-                                    device="cpu", precision="fp32", text_cache=False)
+    seg = Segmenter.from_pretrained(
+        "ViT-B-16",
+        checkpoint=path,
+        host=NON_PROXY_HOST,
+        device="cpu",
+        precision="fp32",
+        text_cache=False,
+    )
     assert activations(seg.clip.visual.transformer) == {"QuickGELU"}
     assert activations(seg.clip.transformer) == {"QuickGELU"}
     for key, value in source.state_dict().items():
@@ -145,8 +169,9 @@ def test_openai_torchscript_file_loads_as_quickgelu(tmp_path):
     torch.testing.assert_close(seg.clip.encode_image(x), source.encode_image(x))
 
 
-@pytest.mark.parametrize("model", ["ViT-B-16-SigLIP", "RN50", "coca_ViT-B-32", "ViT-L-14-CLIPA",
-                                   "convnext_base"])
+@pytest.mark.parametrize(
+    "model", ["ViT-B-16-SigLIP", "RN50", "coca_ViT-B-32", "ViT-L-14-CLIPA", "convnext_base"]
+)
 def test_unfaithful_architectures_refused_before_download(offline_hub, monkeypatch, model):
     import open_clip
 
@@ -177,13 +202,20 @@ def _tiny_pair(tiny_ckpt):
 
 def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
     """Text embeddings and eval counts are keyed by the network, not only the weights' name."""
-    from conftest import TINY
     from fbseg.eval.datasets import DATASETS
     from fbseg.eval.evaluate import run_key
 
+    from conftest import TINY
+
     gelu, quick = _tiny_pair(tiny_ckpt)
-    kw = dict(model_name=TINY, host=NON_PROXY_HOST, device="cpu", precision="fp32",
-              weights_id="tiny|openai", text_cache_dir=tmp_path)
+    kw = dict(
+        model_name=TINY,
+        host=NON_PROXY_HOST,
+        device="cpu",
+        precision="fp32",
+        weights_id="tiny|openai",
+        text_cache_dir=tmp_path,
+    )
     old = Segmenter(gelu, **kw)
     old.encode_text("cat,floor")  # written to the disk cache
     new = Segmenter(quick, **kw)
@@ -196,7 +228,9 @@ def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
     torch.testing.assert_close(fresh, expected)
     assert not torch.allclose(fresh, old.encode_text("cat,floor"))
     spec = DATASETS.get("voc20")
-    assert run_key(old.identity(), spec, spec.config()) != run_key(new.identity(), spec, spec.config())
+    assert run_key(old.identity(), spec, spec.config()) != run_key(
+        new.identity(), spec, spec.config()
+    )
     assert old.identity()["network"]["activation"] == "gelu"
     assert new.identity()["network"]["activation"] == "quick_gelu"
 
@@ -204,12 +238,27 @@ def test_a_changed_network_never_reads_an_old_cache(tiny_ckpt, tmp_path):
 def test_refused_architecture_is_one_line_exit_2(tmp_path):
     from typer.testing import CliRunner
 
-    from conftest import ASSETS
     from fbseg_cli import app
 
-    r = CliRunner().invoke(app, ["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug", "-o",
-                                 str(tmp_path), "--model", "ViT-B-16-SigLIP",
-                                 "--pretrained", "webli", "--host", NON_PROXY_HOST])
+    from conftest import ASSETS
+
+    r = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(ASSETS / "cat.jpg"),
+            "-c",
+            "cat,rug",
+            "-o",
+            str(tmp_path),
+            "--model",
+            "ViT-B-16-SigLIP",
+            "--pretrained",
+            "webli",
+            "--host",
+            NON_PROXY_HOST,
+        ],
+    )
     assert r.exit_code == 2
     assert "ViT-B-16-SigLIP" in r.output and "Traceback" not in r.output
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]

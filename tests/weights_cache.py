@@ -1,5 +1,6 @@
 """Random weights laid out where open_clip looks for a pretrained tag's file: the Hugging
 Face hub cache (``models--ORG--NAME/snapshots/REV/FILE``), read back offline."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ Per-image area counts are cached on disk (atomically) under a key of everything 
 decides them, so an interrupted evaluation resumes where it stopped and a finished one
 re-scores instantly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,17 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.errors import InputError
-from fbseg.io import atomic_write_bytes
+from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
+from fbseg.io import atomic_write_bytes
 from fbseg.pipeline.config import SegmentConfig
+
 
 def run_key(identity: dict, spec: DatasetSpec, config: SegmentConfig) -> str:
     """A key of everything that decides the counts: the model's identity, the dataset and the
     protocol it is run with."""
-    blob = json.dumps({"identity": identity, "dataset": spec.name, "protocol": config.protocol(),
-                       "reduce_zero_label": spec.reduce_zero_label}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "identity": identity,
+            "dataset": spec.name,
+            "protocol": config.protocol(),
+            "reduce_zero_label": spec.reduce_zero_label,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -66,8 +75,14 @@ class CountsCache:
         atomic_write_bytes(self._path(sample), buf.getvalue(), overwrite=True)
 
 
-def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: CountsCache,
-                config: SegmentConfig, prefetch: int = 2) -> Iterator[ImageCounts]:
+def iter_counts(
+    segmenter,
+    spec: DatasetSpec,
+    samples: Sequence[Sample],
+    cache: CountsCache,
+    config: SegmentConfig,
+    prefetch: int = 2,
+) -> Iterator[ImageCounts]:
     """Counts of each sample in order: from the cache, or segmented now (the next images are
     decoded and resized in a background thread while the model runs)."""
     classes = spec.classes()
@@ -75,8 +90,9 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
     todo = [s for s in samples if cached[s.id] is None]
 
     def load(sample: Sample):
-        return segmenter.prepare(sample.image, config), load_label(sample.label,
-                                                                           spec.reduce_zero_label)
+        return segmenter.prepare(sample.image, config), load_label(
+            sample.label, spec.reduce_zero_label
+        )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-eval-read") as pool:
         pending = {s.id: pool.submit(load, s) for s in todo[:prefetch]}
@@ -92,8 +108,10 @@ def iter_counts(segmenter, spec: DatasetSpec, samples: Sequence[Sample], cache: 
                 next_index += 1
             result = segmenter.segment_batch([prepared], classes, config)[0]
             if result.labels.shape != label.shape:
-                raise InputError(f"{sample.label}: label map {label.shape[::-1]} does not match "
-                                 f"image {result.labels.shape[::-1]}")
+                raise InputError(
+                    f"{sample.label}: label map {label.shape[::-1]} does not match "
+                    f"image {result.labels.shape[::-1]}"
+                )
             counts = area_counts(result.labels, label, spec.num_classes)
             cache.put(sample, counts)
             yield ImageCounts(sample, counts, False, time.perf_counter() - t0)
@@ -115,14 +133,26 @@ class EvalReport:
         return scores_from_counts(self.totals)
 
     def to_json(self) -> dict:
-        return {"schema_version": 1, "dataset": self.dataset, "images": self.num_images,
-                **self.scores.to_dict(self.class_labels), **self.identity,
-                "settings": self.settings, "seconds": round(self.seconds, 2)}
+        return {
+            "schema_version": 1,
+            "dataset": self.dataset,
+            "images": self.num_images,
+            **self.scores.to_dict(self.class_labels),
+            **self.identity,
+            "settings": self.settings,
+            "seconds": round(self.seconds, 2),
+        }
 
 
-def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
-             config: SegmentConfig | None = None, work_dir: Path | None = None,
-             on_image: Callable[[ImageCounts], None] | None = None) -> EvalReport:
+def evaluate(
+    segmenter,
+    spec: DatasetSpec,
+    samples: Sequence[Sample],
+    *,
+    config: SegmentConfig | None = None,
+    work_dir: Path | None = None,
+    on_image: Callable[[ImageCounts], None] | None = None,
+) -> EvalReport:
     """Score ``samples`` with ``config`` (default: the segmenter's FSA settings with the
     dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``."""
     config = config or spec.config(segmenter.config)
@@ -136,8 +166,16 @@ def evaluate(segmenter, spec: DatasetSpec, samples: Sequence[Sample], *,
         totals += item.counts
         if on_image is not None:
             on_image(item)
-    return EvalReport(spec.name, key, identity, config.protocol(), spec.classes().labels,
-                      len(samples), totals, time.perf_counter() - t0)
+    return EvalReport(
+        spec.name,
+        key,
+        identity,
+        config.protocol(),
+        spec.classes().labels,
+        len(samples),
+        totals,
+        time.perf_counter() - t0,
+    )
 
 
 def merge_ranks(report: EvalReport, dist, total_images: int) -> EvalReport:
@@ -154,5 +192,7 @@ def merge_ranks(report: EvalReport, dist, total_images: int) -> EvalReport:
 def write_report(report: EvalReport, work_dir: Path) -> Path:
     """``work_dir/<dataset>-<run key>.json`` (rewritten: it is derived from the cache)."""
     path = Path(work_dir) / f"{report.dataset}-{report.key}.json"
-    atomic_write_bytes(path, (json.dumps(report.to_json(), indent=2) + "\n").encode(), overwrite=True)
+    atomic_write_bytes(
+        path, (json.dumps(report.to_json(), indent=2) + "\n").encode(), overwrite=True
+    )
     return path

@@ -1,4 +1,5 @@
 """mIoU as mmseg's IoUMetric computes it: areas accumulated over the whole dataset."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +9,9 @@ import numpy as np
 from fbseg.eval.datasets import IGNORE_INDEX
 
 
-def area_counts(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def area_counts(
+    pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """(4, K) int64: intersection, union, predicted and labelled pixels per class.
 
     Pixels labelled ``ignore_index`` are dropped; values outside [0, K) are not counted in
@@ -45,9 +47,13 @@ class Scores:
             return None if np.isnan(x) else round(float(x), 2)
 
         return {
-            "mIoU": pct(self.miou), "mAcc": pct(self.macc), "aAcc": pct(self.aacc),
-            "per_class": [{"class": c, "IoU": pct(100 * i), "Acc": pct(100 * a)}
-                          for c, i, a in zip(class_labels, self.iou, self.acc)],
+            "mIoU": pct(self.miou),
+            "mAcc": pct(self.macc),
+            "aAcc": pct(self.aacc),
+            "per_class": [
+                {"class": c, "IoU": pct(100 * i), "Acc": pct(100 * a)}
+                for c, i, a in zip(class_labels, self.iou, self.acc)
+            ],
         }
 
 

@@ -5,6 +5,7 @@ one ``HostEntry`` here. The CLI's choices and help, ``fbseg models`` and the tes
 ``tests/naive.py``) read this registry. Entries are plain data, so listing them does not
 import torch; the class is imported when a host is built.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,16 +41,30 @@ class HostEntry:
 
 HOSTS: Registry[HostEntry] = Registry("host")
 for _entry in (
-    HostEntry("maskclip", "fbseg.hosts.maskclip:MaskCLIP",
-              "identity attention (values only), residual + FFN kept", keeps_residual=True),
-    HostEntry("sclip", "fbseg.hosts.sclip:SCLIP",
-              "q-q + k-k correlative attention, residual + FFN kept", keeps_residual=True),
+    HostEntry(
+        "maskclip",
+        "fbseg.hosts.maskclip:MaskCLIP",
+        "identity attention (values only), residual + FFN kept",
+        keeps_residual=True,
+    ),
+    HostEntry(
+        "sclip",
+        "fbseg.hosts.sclip:SCLIP",
+        "q-q + k-k correlative attention, residual + FFN kept",
+        keeps_residual=True,
+    ),
     HostEntry("clearclip", "fbseg.hosts.clearclip:ClearCLIP", "q-q attention, no residual, no FFN"),
-    HostEntry("naclip", "fbseg.hosts.naclip:NACLIP",
-              "k-k attention + Gaussian neighbourhood (σ=5), no residual, no FFN"),
-    HostEntry("proxyclip", "fbseg.hosts.proxyclip:ProxyCLIP",
-              "proxy attention from DINO/DINOv2/SAM/MAE features, no residual, no FFN",
-              needs_proxy=True),
+    HostEntry(
+        "naclip",
+        "fbseg.hosts.naclip:NACLIP",
+        "k-k attention + Gaussian neighbourhood (σ=5), no residual, no FFN",
+    ),
+    HostEntry(
+        "proxyclip",
+        "fbseg.hosts.proxyclip:ProxyCLIP",
+        "proxy attention from DINO/DINOv2/SAM/MAE features, no residual, no FFN",
+        needs_proxy=True,
+    ),
 ):
     HOSTS.register(_entry.name, _entry)
 

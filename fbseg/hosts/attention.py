@@ -2,6 +2,7 @@
 
 Shapes: B crops, h heads, L tokens (CLS + N patches), d head width, M proxy tokens.
 """
+
 from __future__ import annotations
 
 import functools

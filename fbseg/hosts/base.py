@@ -4,6 +4,7 @@ A host turns the input of CLIP's last block into a ``LastBlock``; the prediction
 mixing of the values (the host's own A·v, the uniform mean, FSA's A'·v) is then finished
 by ``LastBlock.finish`` the same way, so the block's tail is written once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

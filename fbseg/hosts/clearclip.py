@@ -1,4 +1,5 @@
 """ClearCLIP: q-q attention; no residual, no FFN."""
+
 from __future__ import annotations
 
 from fbseg.hosts.attention import self_attention

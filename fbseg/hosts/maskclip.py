@@ -1,4 +1,5 @@
 """MaskCLIP: the values alone (identity attention); the block's residual and FFN kept."""
+
 from __future__ import annotations
 
 from fbseg.hosts.base import Host, LastBlock, split_heads

@@ -1,4 +1,5 @@
 """NACLIP: k-k attention plus a Gaussian over the patch grid; no residual, no FFN."""
+
 from __future__ import annotations
 
 from fbseg.hosts.attention import neighbourhood_bias, self_attention

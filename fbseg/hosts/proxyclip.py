@@ -1,4 +1,5 @@
 """ProxyCLIP: attention from a vision foundation model's features (DINO, DINOv2, SAM, MAE)."""
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,11 @@ class ProxyCLIP(Host):
     @classmethod
     def build(cls, options: HostOptions) -> ProxyCLIP:
         spec = PROXIES.get(options.proxy or DEFAULT_PROXY)
-        return cls(load_proxy(spec, options.proxy_checkpoint), spec,
-                   weights_id(spec.name, "timm", options.proxy_checkpoint))
+        return cls(
+            load_proxy(spec, options.proxy_checkpoint),
+            spec,
+            weights_id(spec.name, "timm", options.proxy_checkpoint),
+        )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ProxyCLIP:
         self.proxy = self.proxy.to(device, dtype)
@@ -49,8 +53,9 @@ class ProxyCLIP(Host):
     def features(self, crops: CropBatch) -> torch.Tensor:
         """Proxy features (B, C_f, Hf, Wf) of the crops."""
         dtype = next(self.proxy.parameters()).dtype
-        return proxy_features(self.proxy, self.spec, crops.pixels.to(dtype), crops.window,
-                              crops.mean, crops.std)
+        return proxy_features(
+            self.proxy, self.spec, crops.pixels.to(dtype), crops.window, crops.mean, crops.std
+        )
 
     def last_block(self, block, x, grid, crops: CropBatch) -> LastBlock:
         proxy_feats = self.features(crops).to(x.dtype)
@@ -64,4 +69,3 @@ class ProxyCLIP(Host):
         v = v.permute(0, 2, 3, 1).reshape(B, h, proxy_grid[0] * proxy_grid[1], d)
         attn = proxy_attention(proxy_feats.flatten(2), self.beta, self.gamma).to(v.dtype)
         return LastBlock(block, attn, v, None, None, proxy_grid)
-

@@ -1,4 +1,5 @@
 """SCLIP: correlative self-attention (q-q + k-k); the block's residual and FFN kept."""
+
 from __future__ import annotations
 
 from fbseg.hosts.attention import self_attention

@@ -1,5 +1,6 @@
 """CLIP backbones: the registry of known ones, the network each weights source needs, and the
 loader (open_clip ViTs with a class token and plain attention)."""
+
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fbseg.errors import ConfigError, UnknownNameError
+from fbseg.models.weights import (
+    fetch_pretrained,
+    hf_cached,
+    is_torchscript,
+    load_into,
+    quiet_root_logger,
+    read_state_dict,
+)
 from fbseg.registry import Registry
-from fbseg.models.weights import (fetch_pretrained, hf_cached, is_torchscript, load_into, quiet_root_logger,
-                      read_state_dict)
 
 log = logging.getLogger("fbseg")
 
@@ -78,8 +85,11 @@ class Network:
     source: str
 
     def as_dict(self) -> dict:
-        return {"activation": "quick_gelu" if self.quick_gelu else "gelu",
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "activation": "quick_gelu" if self.quick_gelu else "gelu",
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def _model_config(model: str) -> dict:
@@ -116,11 +126,14 @@ def check_model_name(model: str) -> None:
     elif vision.get("block_type") not in (None, "default"):
         why = f"{vision['block_type']!r} blocks"
     else:
-        why = next((what for flag, what in _UNFAITHFUL_VISION_FLAGS.items() if vision.get(flag)),
-                   None)
+        why = next(
+            (what for flag, what in _UNFAITHFUL_VISION_FLAGS.items() if vision.get(flag)), None
+        )
     if why is not None:
-        raise ConfigError(f"model {model!r} has {why}; fbseg runs CLIP ViTs with a class token "
-                          "and plain attention (see `fbseg models`)")
+        raise ConfigError(
+            f"model {model!r} has {why}; fbseg runs CLIP ViTs with a class token "
+            "and plain attention (see `fbseg models`)"
+        )
 
 
 def tag_network(model: str, tag: str) -> Network:
@@ -133,14 +146,17 @@ def tag_network(model: str, tag: str) -> Network:
         raise ConfigError(f"unknown pretrained tag {tag!r} for {model}")
     cfg = oc_pretrained.get_pretrained_cfg(model, tag)
     quick = cfg.get("quick_gelu", _model_config(model).get("quick_gelu", False))
-    return Network(bool(quick), tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD)),
-                   f"tag {tag}")
+    return Network(
+        bool(quick),
+        tuple(cfg.get("mean", CLIP_MEAN)),
+        tuple(cfg.get("std", CLIP_STD)),
+        f"tag {tag}",
+    )
 
 
 def file_network(model: str) -> Network:
     """A plain weights file with no tag: the model name's own architecture, CLIP statistics."""
-    return Network(bool(_model_config(model).get("quick_gelu", False)), CLIP_MEAN, CLIP_STD,
-                   "file")
+    return Network(bool(_model_config(model).get("quick_gelu", False)), CLIP_MEAN, CLIP_STD, "file")
 
 
 OPENAI_TORCHSCRIPT = Network(True, CLIP_MEAN, CLIP_STD, "OpenAI TorchScript file")
@@ -150,7 +166,9 @@ def activation_of(clip) -> bool | None:
     """True if every MLP of both towers is QuickGELU, False if none is, None if mixed."""
     from open_clip.transformer import QuickGELU
 
-    text = getattr(clip, "transformer", None) or getattr(getattr(clip, "text", None), "transformer", None)
+    text = getattr(clip, "transformer", None) or getattr(
+        getattr(clip, "text", None), "transformer", None
+    )
     towers = [clip.visual.transformer] + ([text] if hasattr(text, "resblocks") else [])
     kinds = {isinstance(block.mlp.gelu, QuickGELU) for t in towers for block in t.resblocks}
     return kinds.pop() if len(kinds) == 1 else None
@@ -164,8 +182,12 @@ def network_of(clip) -> Network:
     quick = activation_of(clip)
     if quick is None:
         raise ConfigError("the CLIP model mixes GELU and QuickGELU blocks")
-    return Network(quick, tuple(pre.get("mean", CLIP_MEAN)), tuple(pre.get("std", CLIP_STD)),
-                   getattr(clip, "fbseg_source", "module"))
+    return Network(
+        quick,
+        tuple(pre.get("mean", CLIP_MEAN)),
+        tuple(pre.get("std", CLIP_STD)),
+        getattr(clip, "fbseg_source", "module"),
+    )
 
 
 def _build(model: str, network: Network, tag: str | None = None):
@@ -179,11 +201,17 @@ def _build(model: str, network: Network, tag: str | None = None):
     with warnings.catch_warnings(record=True) as caught, quiet_root_logger():
         warnings.simplefilter("always")
         clip = open_clip.create_model(
-            model, pretrained=tag, force_quick_gelu=network.quick_gelu,
-            force_preprocess_cfg={"mean": network.mean, "std": network.std}, **overrides)
+            model,
+            pretrained=tag,
+            force_quick_gelu=network.quick_gelu,
+            force_preprocess_cfg={"mean": network.mean, "std": network.std},
+            **overrides,
+        )
     if activation_of(clip) is not network.quick_gelu:
-        raise ConfigError(f"{model}: open_clip built {'GELU' if network.quick_gelu else 'QuickGELU'}"
-                          f" where {network.source} needs the other activation")
+        raise ConfigError(
+            f"{model}: open_clip built {'GELU' if network.quick_gelu else 'QuickGELU'}"
+            f" where {network.source} needs the other activation"
+        )
     for w in caught:
         if "QuickGELU mismatch" not in str(w.message):
             log.warning("open_clip: %s", w.message)
@@ -207,8 +235,10 @@ def load_clip(model: str, pretrained: str | None, checkpoint: str | Path | None)
         if is_torchscript(checkpoint):
             network = OPENAI_TORCHSCRIPT
             if pretrained is not None and not tag_network(model, pretrained).quick_gelu:
-                raise ConfigError(f"{checkpoint} is an OpenAI TorchScript file (QuickGELU); "
-                                  f"tag {pretrained!r} is not")
+                raise ConfigError(
+                    f"{checkpoint} is an OpenAI TorchScript file (QuickGELU); "
+                    f"tag {pretrained!r} is not"
+                )
         else:
             network = tag_network(model, pretrained) if pretrained else file_network(model)
         state = read_state_dict(checkpoint, "--checkpoint")
@@ -223,8 +253,9 @@ def load_clip(model: str, pretrained: str | None, checkpoint: str | Path | None)
         if tag is None:
             raise ConfigError(f"no default weights for {model}: give --pretrained or --checkpoint")
         network = tag_network(model, tag)
-        clip = fetch_pretrained(f"{model}/{tag}", "--checkpoint",
-                                lambda: _build(model, network, tag))
+        clip = fetch_pretrained(
+            f"{model}/{tag}", "--checkpoint", lambda: _build(model, network, tag)
+        )
     if not hasattr(clip, "visual") or not hasattr(clip.visual, "transformer"):
         raise ConfigError(f"model {model!r} has no CLIP ViT image tower")
     return clip.eval()

@@ -1,4 +1,5 @@
 """CLIP's image tower up to its last block, and the projection after it."""
+
 from __future__ import annotations
 
 import torch

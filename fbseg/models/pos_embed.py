@@ -1,4 +1,5 @@
 """Position tables at grids other than the one they were trained on."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,13 @@ def resize_pos_table(table: torch.Tensor, grid: tuple[int, int], mode: PosResize
         scale = ((rows + 0.1) / n0, (cols + 0.1) / n0)
         t = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
     else:
-        t = F.interpolate(t, size=(rows, cols), mode="bicubic", align_corners=False,
-                          antialias=(mode == PosResize.SIZE_AA))
+        t = F.interpolate(
+            t,
+            size=(rows, cols),
+            mode="bicubic",
+            align_corners=False,
+            antialias=(mode == PosResize.SIZE_AA),
+        )
     if tuple(t.shape[-2:]) != (rows, cols):
         raise ValueError(f"position table resized to {tuple(t.shape[-2:])}, wanted {grid}")
     return t.to(table.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)

@@ -1,5 +1,6 @@
 """Proxy vision models for the ProxyCLIP host (timm), and their features exactly as the
-reference takes them (hosts.md §5)."""
+reference takes them (docs/hosts.md, ProxyCLIP)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,7 @@ import torch.nn.functional as F
 
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 from fbseg.models.pos_embed import resize_pos_table
-from fbseg.models.proxy_specs import (DEFAULT_PROXY, PROXIES, PosResize,  # noqa: F401
-                                      ProxyInput, ProxySpec)
+from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES, PosResize, ProxyInput, ProxySpec  # noqa: F401
 from fbseg.models.weights import fetch_pretrained, load_into, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +30,8 @@ def load_proxy(spec: ProxySpec, checkpoint: str | Path | None = None) -> torch.n
         load_into(model, state, spec.timm_name, "--proxy-checkpoint", checkpoint)
     else:
         model = fetch_pretrained(
-            spec.timm_name, "--proxy-checkpoint",
+            spec.timm_name,
+            "--proxy-checkpoint",
             lambda: timm.create_model(spec.timm_name, pretrained=True),
         )
     return model.eval()
@@ -63,8 +64,11 @@ def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: PosResize) 
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
 
-def proxy_input(crops: torch.Tensor, clip_mean: tuple[float, ...] = CLIP_MEAN,
-                clip_std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+def proxy_input(
+    crops: torch.Tensor,
+    clip_mean: tuple[float, ...] = CLIP_MEAN,
+    clip_std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
     """Crops normalised with CLIP's statistics (B, 3, H, W) → ImageNet-normalised.
 
     ``clip_mean``/``clip_std`` are the ones the crops were normalised with: the CLIP weights'
@@ -77,9 +81,14 @@ def proxy_input(crops: torch.Tensor, clip_mean: tuple[float, ...] = CLIP_MEAN,
     return (crops * clip_std + clip_mean - mean) / std
 
 
-def proxy_features(model: torch.nn.Module, spec: ProxySpec, crops: torch.Tensor,
-                   window: int, clip_mean: tuple[float, ...] = CLIP_MEAN,
-                   clip_std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
+def proxy_features(
+    model: torch.nn.Module,
+    spec: ProxySpec,
+    crops: torch.Tensor,
+    window: int,
+    clip_mean: tuple[float, ...] = CLIP_MEAN,
+    clip_std: tuple[float, ...] = CLIP_STD,
+) -> torch.Tensor:
     """Proxy features (B, C_f, Hf, Wf) for padded crops (B, 3, H, W) in CLIP-normalised space
     (normalised with ``clip_mean``/``clip_std``)."""
     x = proxy_input(crops, clip_mean, clip_std)

@@ -1,6 +1,7 @@
 """The proxy registry (plain data, no torch): each vision foundation model ProxyCLIP can use,
 its timm name, its input, how its position table is resized, and its λ. Adding a proxy is
 one row here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,15 +53,45 @@ class ProxySpec:
 PROXIES: Registry[ProxySpec] = Registry("proxy")
 for _spec in (
     ProxySpec("dino", "vit_base_patch8_224.dino", ProxyInput.CROP, PosResize.PLUS01, family="dino"),
-    ProxySpec("dino-b16", "vit_base_patch16_224.dino", ProxyInput.CROP, PosResize.PLUS01, family="dino"),
-    ProxySpec("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", ProxyInput.CROP, PosResize.SIZE_AA, family="dinov2"),
-    ProxySpec("dinov2-l", "vit_large_patch14_reg4_dinov2.lvd142m", ProxyInput.CROP, PosResize.SIZE_AA, family="dinov2"),
+    ProxySpec(
+        "dino-b16", "vit_base_patch16_224.dino", ProxyInput.CROP, PosResize.PLUS01, family="dino"
+    ),
+    ProxySpec(
+        "dinov2",
+        "vit_base_patch14_reg4_dinov2.lvd142m",
+        ProxyInput.CROP,
+        PosResize.SIZE_AA,
+        family="dinov2",
+    ),
+    ProxySpec(
+        "dinov2-l",
+        "vit_large_patch14_reg4_dinov2.lvd142m",
+        ProxyInput.CROP,
+        PosResize.SIZE_AA,
+        family="dinov2",
+    ),
     ProxySpec("sam", "samvit_base_patch16.sa1b", ProxyInput.SAM, PosResize.NATIVE, family="sam"),
     ProxySpec("sam-l", "samvit_large_patch16.sa1b", ProxyInput.SAM, PosResize.NATIVE, family="sam"),
     ProxySpec("sam-h", "samvit_huge_patch16.sa1b", ProxyInput.SAM, PosResize.NATIVE, family="sam"),
-    ProxySpec("mae", "vit_base_patch16_224.mae", ProxyInput.WINDOW, PosResize.SIZE, lam=4.5, family="mae"),
-    ProxySpec("mae-l", "vit_large_patch16_224.mae", ProxyInput.WINDOW, PosResize.SIZE, lam=4.5, family="mae"),
-    ProxySpec("mae-h", "vit_huge_patch14_224.mae", ProxyInput.WINDOW, PosResize.SIZE, lam=4.5, family="mae"),
+    ProxySpec(
+        "mae", "vit_base_patch16_224.mae", ProxyInput.WINDOW, PosResize.SIZE, lam=4.5, family="mae"
+    ),
+    ProxySpec(
+        "mae-l",
+        "vit_large_patch16_224.mae",
+        ProxyInput.WINDOW,
+        PosResize.SIZE,
+        lam=4.5,
+        family="mae",
+    ),
+    ProxySpec(
+        "mae-h",
+        "vit_huge_patch14_224.mae",
+        ProxyInput.WINDOW,
+        PosResize.SIZE,
+        lam=4.5,
+        family="mae",
+    ),
 ):
     PROXIES.register(_spec.name, _spec)
 

@@ -1,4 +1,5 @@
 """Class-name embeddings: the 80 OpenAI ImageNet templates, averaged, with a disk cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,15 +26,16 @@ def imagenet_templates() -> tuple:
 
 
 @torch.inference_mode()
-def encode_names(clip: torch.nn.Module, tokenizer, names: Sequence[str],
-                 device: torch.device, chunk: int = 640) -> torch.Tensor:
+def encode_names(
+    clip: torch.nn.Module, tokenizer, names: Sequence[str], device: torch.device, chunk: int = 640
+) -> torch.Tensor:
     """(C, E) fp32: per name, each template's embedding L2-normalised, averaged, re-normalised."""
     templates = imagenet_templates()
     prompts = [t(name) for name in names for t in templates]
     tokens = tokenizer(prompts)
     out = []
     for start in range(0, len(prompts), chunk):
-        emb = clip.encode_text(tokens[start:start + chunk].to(device)).float()
+        emb = clip.encode_text(tokens[start : start + chunk].to(device)).float()
         out.append(F.normalize(emb, dim=-1))
     per_prompt = torch.cat(out).reshape(len(names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -1,5 +1,6 @@
 """Getting weights: pretrained tags through open_clip/timm's normal caches, local files,
 and a fast, clear failure when neither can be had (offline, no cache)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -151,7 +152,7 @@ def read_state_dict(path: str | Path, flag: str) -> dict:
     if not isinstance(state, dict) or not state:
         raise WeightsUnavailableError(f"{flag} {path}: holds no state dict")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

@@ -4,6 +4,7 @@ Defaults are the FSA reference's for every host. Everything else (the CLI, per-d
 protocols, presets) states only what it changes: ``DEFAULTS.with_flags(...)`` for options a
 user may leave unset, ``DEFAULTS.replace(...)`` for exact values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,9 @@ class SegmentConfig:
         resize). An unknown name is a ConfigError."""
         unknown = sorted(set(values) - set(self.field_names()))
         if unknown:
-            raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(self.field_names())}")
+            raise ConfigError(
+                f"unknown setting {unknown[0]!r}; known: {', '.join(self.field_names())}"
+            )
         return dataclasses.replace(self, **values) if values else self
 
     def with_flags(self, **flags) -> SegmentConfig:
@@ -65,8 +68,13 @@ class SegmentConfig:
 
     def protocol(self) -> dict:
         """The settings that shape the output besides FSA's (for reports and cache keys)."""
-        return {"short_side": self.short_side, "window": self.window, "stride": self.stride,
-                "logit_scale": self.logit_scale, "prob_threshold": self.prob_threshold}
+        return {
+            "short_side": self.short_side,
+            "window": self.window,
+            "stride": self.stride,
+            "logit_scale": self.logit_scale,
+            "prob_threshold": self.prob_threshold,
+        }
 
 
 DEFAULTS = SegmentConfig()

@@ -1,4 +1,5 @@
 """One batch of crops through CLIP, the host and FSA: per-patch cosine logits."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fbseg import fsa
+from fbseg.hosts.base import CropBatch, Host
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
 from fbseg.models.clip_tower import project, run_to_last_block
-from fbseg.hosts.base import CropBatch, Host
 
 
 @dataclass
@@ -41,8 +42,9 @@ class CropModel:
     input_std: tuple[float, ...] = CLIP_STD
 
 
-def _cosine_logits(visual: nn.Module, tokens: torch.Tensor, text: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
+def _cosine_logits(
+    visual: nn.Module, tokens: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
     feats = F.normalize(project(visual, tokens), dim=-1)
     logits = feats @ text.T  # (B, N, C)
     return logits.transpose(1, 2).reshape(tokens.shape[0], text.shape[0], *grid)
@@ -63,7 +65,7 @@ def crop_logits(
     """Cosine logits (B, C, rows, cols) on the host grid for crops (B, 3, H, W).
 
     crops are CLIP-normalised and padded; text (C, E) is L2-normalised, one row per name.
-    With ``feedback`` the host's attention A is replaced by FSA's A' (fsa.md steps 1–8);
+    With ``feedback`` the host's attention A is replaced by FSA's A' (docs/method.md, steps 1–8);
     ``also_baseline`` appends the host-only logits: (B, 2C, rows, cols), FSA's first.
     """
     x, grid, block = run_to_last_block(model.visual, crops)
@@ -79,8 +81,9 @@ def crop_logits(
     # whatever the backbone's precision; only A_fb goes back to it for the ensemble.
     text32 = text.float()
     s_host = fsa.class_scores(project(model.visual, host_tokens).float(), text32, fsa.HOST_SCALE)
-    s_uni = fsa.class_scores(project(model.visual, last.uniform_output()).float(), text32,
-                             fsa.UNIFORM_SCALE)
+    s_uni = fsa.class_scores(
+        project(model.visual, last.uniform_output()).float(), text32, fsa.UNIFORM_SCALE
+    )
     P = fsa.feedback_distribution(s_host, s_uni)
     A_fb = fsa.feedback_attention(P, lam).to(last.v.dtype)
     tokens = last.finish(fsa.ensemble_apply(last.attn, A_fb, last.v, Av))

@@ -1,4 +1,5 @@
 """Where and in what precision the model runs: "auto" resolved, bad values refused early."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device cuda requested but CUDA is not available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ConfigError("device mps requested but MPS is not available")
     return torch.device(device)
 

@@ -1,6 +1,7 @@
 """What a run needs from a model, whatever it is: the contract between ``pipeline`` and
 ``runs``/``eval``. Everything after per-class scores at the image size (outputs, folder runs,
 evaluation, torchrun, summaries) sees only this and ``SegmentationResult``."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,9 +23,14 @@ class Engine(Protocol):
     def prepare(self, image: Any, config: SegmentConfig | None = None) -> Any:
         """Decode and resize one image (CPU, thread-safe): the payload ``segment_batch`` takes."""
 
-    def segment_batch(self, images: Sequence[Any], classes: ClassList,
-                      config: SegmentConfig | None = None, *,
-                      compare: bool = False) -> list[SegmentationResult]:
+    def segment_batch(
+        self,
+        images: Sequence[Any],
+        classes: ClassList,
+        config: SegmentConfig | None = None,
+        *,
+        compare: bool = False,
+    ) -> list[SegmentationResult]:
         """Per-class scores and labels at each image's size."""
 
     def encode_text(self, classes: ClassList) -> torch.Tensor:

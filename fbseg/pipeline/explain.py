@@ -7,6 +7,7 @@ padded crop evenly. A point belongs to every window containing it; the one whose
 nearest is shown. Rows are over that window's N = rows·cols patches; for hosts with several
 heads the A and A' rows shown are the mean over heads (FSA's A_fb is shared by all heads).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,7 +22,12 @@ from fbseg.classes import ClassList
 from fbseg.errors import ConfigError
 from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.crop import Capture, crop_logits
-from fbseg.pipeline.window import (centred_pad, class_probabilities, labels_from_probs, slide, window_boxes)
+from fbseg.pipeline.window import (
+    centred_pad,
+    probabilities_and_labels,
+    slide,
+    window_boxes,
+)
 
 MAX_AUTO_POINTS = 6
 
@@ -45,25 +51,25 @@ class PointView:
     y: int
     window: int
     patch: tuple[int, int]
-    attn: np.ndarray      # host attention row A_i (mean over heads)
+    attn: np.ndarray  # host attention row A_i (mean over heads)
     feedback: np.ndarray  # FSA's feedback attention row A_fb,i
-    final: np.ndarray     # the row of A' = (A_fb·A + A·A_fb + A_fb) / 3 (mean over heads)
-    keep: np.ndarray      # bool: entries the nucleus cut kept in row i of S
-    class_p: np.ndarray   # (K,) FSA's P at the patch, summed over each class's names
+    final: np.ndarray  # the row of A' = (A_fb·A + A·A_fb + A_fb) / 3 (mean over heads)
+    keep: np.ndarray  # bool: entries the nucleus cut kept in row i of S
+    class_p: np.ndarray  # (K,) FSA's P at the patch, summed over each class's names
 
 
 @dataclass
 class Explanation:
     """Everything an explain sheet or page shows, as numpy arrays."""
 
-    rgb: np.ndarray                 # (H, W, 3) uint8
+    rgb: np.ndarray  # (H, W, 3) uint8
     classes: tuple[str, ...]
     protocol_size: tuple[int, int]  # (h, w)
     windows: list[WindowView]
     points: list[PointView]
-    baseline_labels: np.ndarray     # (H, W): the host alone
-    feedback_labels: np.ndarray     # (H, W): with FSA
-    class_p: np.ndarray             # (K, H, W): FSA's P per class, stitched over windows
+    baseline_labels: np.ndarray  # (H, W): the host alone
+    feedback_labels: np.ndarray  # (H, W): with FSA
+    class_p: np.ndarray  # (K, H, W): FSA's P per class, stitched over windows
     _captures: list[Capture] = field(default_factory=list, repr=False)
     _name_to_class: list[int] = field(default_factory=list, repr=False)
 
@@ -78,8 +84,12 @@ class Explanation:
             attn = F.one_hot(idx, fb.shape[-1]).float().to(fb.device)
         else:
             attn = A[0][:, idx, :].mean(0)
-        return {"attn": attn.cpu().numpy(), "feedback": fb[idx].cpu().numpy(),
-                "final": final.cpu().numpy(), "keep": cap.keep[0][idx].cpu().numpy()}
+        return {
+            "attn": attn.cpu().numpy(),
+            "feedback": fb[idx].cpu().numpy(),
+            "final": final.cpu().numpy(),
+            "keep": cap.keep[0][idx].cpu().numpy(),
+        }
 
     def window_p(self, window: int) -> np.ndarray:
         """(N, K) FSA's P of one window, summed over each class's names."""
@@ -87,10 +97,14 @@ class Explanation:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every panel's data, flat, for ``np.savez``."""
-        out = {"image": self.rgb, "classes": np.array(self.classes),
-               "baseline_labels": self.baseline_labels, "feedback_labels": self.feedback_labels,
-               "class_p": self.class_p.astype(np.float32),
-               "points_xy": np.array([(p.x, p.y) for p in self.points], dtype=np.int64).reshape(-1, 2)}
+        out = {
+            "image": self.rgb,
+            "classes": np.array(self.classes),
+            "baseline_labels": self.baseline_labels,
+            "feedback_labels": self.feedback_labels,
+            "class_p": self.class_p.astype(np.float32),
+            "points_xy": np.array([(p.x, p.y) for p in self.points], dtype=np.int64).reshape(-1, 2),
+        }
         for i, p in enumerate(self.points):
             for name in ("attn", "feedback", "final", "keep", "class_p"):
                 out[f"point{i}_{name}"] = getattr(p, name)
@@ -103,10 +117,14 @@ def _per_class(P: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
     """(N, C names) → (N, K classes): the probability mass of each class's names."""
     K = max(name_to_class) + 1
     index = torch.as_tensor(list(name_to_class), dtype=torch.long)
-    return torch.zeros(P.shape[0], K, dtype=P.dtype, device=P.device).index_add_(1, index.to(P.device), P)
+    return torch.zeros(P.shape[0], K, dtype=P.dtype, device=P.device).index_add_(
+        1, index.to(P.device), P
+    )
 
 
-def to_protocol(x: int, y: int, image_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+def to_protocol(
+    x: int, y: int, image_hw: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int]:
     """Original pixel (x, y) → the protocol-size pixel (row, col) whose area holds its centre."""
     (H, W), (h, w) = image_hw, size
     return min(int((y + 0.5) * h / H), h - 1), min(int((x + 0.5) * w / W), w - 1)
@@ -125,8 +143,13 @@ def pick_window(boxes: Sequence[tuple[int, int, int, int]], py: int, px: int) ->
     return best
 
 
-def patch_of(py: int, px: int, box: tuple[int, int, int, int], pad: tuple[int, int, int, int],
-             grid: tuple[int, int]) -> tuple[int, int]:
+def patch_of(
+    py: int,
+    px: int,
+    box: tuple[int, int, int, int],
+    pad: tuple[int, int, int, int],
+    grid: tuple[int, int],
+) -> tuple[int, int]:
     """The grid cell (row, col) of a protocol pixel inside a window: the grid tiles the
     padded crop evenly, as the bilinear upsampling of the logits assumes."""
     y1, y2, x1, x2 = box
@@ -136,7 +159,9 @@ def patch_of(py: int, px: int, box: tuple[int, int, int, int], pad: tuple[int, i
     return min(cy * grid[0] // hp, grid[0] - 1), min(cx * grid[1] // wp, grid[1] - 1)
 
 
-def auto_points(probs: np.ndarray, labels: np.ndarray, limit: int = MAX_AUTO_POINTS) -> list[tuple[int, int]]:
+def auto_points(
+    probs: np.ndarray, labels: np.ndarray, limit: int = MAX_AUTO_POINTS
+) -> list[tuple[int, int]]:
     """For the largest classes present: the pixel (x, y) where that class is most confident
     among the pixels labelled with it."""
     counts = np.bincount(labels.ravel(), minlength=probs.shape[0])
@@ -151,8 +176,13 @@ def auto_points(probs: np.ndarray, labels: np.ndarray, limit: int = MAX_AUTO_POI
 
 
 @torch.inference_mode()
-def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, int]] | None,
-            cfg: SegmentConfig) -> Explanation:
+def explain(
+    segmenter,
+    image,
+    classes: ClassList,
+    points: Sequence[tuple[int, int]] | None,
+    cfg: SegmentConfig,
+) -> Explanation:
     """Run FSA once over every window, keeping what each window computed, and read off the
     rows at ``points`` (default: ``auto_points``). ``cfg`` is resolved by the Segmenter
     (FSA is on whatever its ``feedback``: there is nothing to explain without it)."""
@@ -171,21 +201,32 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
 
     def crop_fn(crops: torch.Tensor) -> torch.Tensor:
         cap = Capture()
-        logits = crop_logits(segmenter.crop_model, crops, text, feedback=True, lam=lam_value,
-                             window=window, capture=cap)
+        logits = crop_logits(
+            segmenter.crop_model,
+            crops,
+            text,
+            feedback=True,
+            lam=lam_value,
+            window=window,
+            capture=cap,
+        )
         captures.append(cap)
         P = cap.P.transpose(1, 2).reshape(crops.shape[0], C, *cap.grid).to(logits.dtype)
         return torch.cat([logits, cap.baseline, P], dim=1)
 
     pad_multiple = segmenter.pad_multiple
-    stitched = slide(img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
-                     windows_per_forward=1).float()
-    fb_probs = class_probabilities(stitched[:C], (H, W), logit_scale, classes.name_to_class)
-    base_probs = class_probabilities(stitched[C:2 * C], (H, W), logit_scale, classes.name_to_class)
-    P_map = F.interpolate(stitched[None, 2 * C:], size=(H, W), mode="bilinear", align_corners=False)[0]
+    stitched = slide(
+        img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple, windows_per_forward=1
+    ).float()
+    post_args = ((H, W), logit_scale, prob_threshold, classes.name_to_class)
+    fb_probs, feedback_labels = probabilities_and_labels(stitched[:C], *post_args)
+    _, baseline_labels = probabilities_and_labels(stitched[C : 2 * C], *post_args)
+    P_map = F.interpolate(
+        stitched[None, 2 * C :], size=(H, W), mode="bilinear", align_corners=False
+    )[0]
     class_p = _per_class(P_map.flatten(1).T, classes.name_to_class).T.reshape(-1, H, W)
-    feedback_labels = labels_from_probs(fb_probs, prob_threshold).cpu().numpy()
-    baseline_labels = labels_from_probs(base_probs, prob_threshold).cpu().numpy()
+    feedback_labels = feedback_labels.cpu().numpy()
+    baseline_labels = baseline_labels.cpu().numpy()
 
     h, w = img.shape[1:]
     boxes = window_boxes(h, w, window, stride)
@@ -193,12 +234,25 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
     for box, cap in zip(boxes, captures):
         pad = centred_pad(box[1] - box[0], box[3] - box[2], pad_multiple)
         sy, sx = H / h, W / w
-        region = ((box[0] - pad[2]) * sy, (box[2] - pad[0]) * sx,
-                  (box[1] + pad[3]) * sy, (box[3] + pad[1]) * sx)
+        region = (
+            (box[0] - pad[2]) * sy,
+            (box[2] - pad[0]) * sx,
+            (box[1] + pad[3]) * sy,
+            (box[3] + pad[1]) * sx,
+        )
         views.append(WindowView(box, pad, cap.grid, region))
-    exp = Explanation(rgb, classes.labels, (h, w), views, [], baseline_labels.astype(np.int64),
-                      feedback_labels.astype(np.int64), class_p.cpu().numpy().astype(np.float32),
-                      captures, list(classes.name_to_class))
+    exp = Explanation(
+        rgb,
+        classes.labels,
+        (h, w),
+        views,
+        [],
+        baseline_labels.astype(np.int64),
+        feedback_labels.astype(np.int64),
+        class_p.cpu().numpy().astype(np.float32),
+        captures,
+        list(classes.name_to_class),
+    )
     chosen = list(points) if points else auto_points(fb_probs.cpu().numpy(), feedback_labels)
     for x, y in chosen:
         py, px = to_protocol(x, y, (H, W), (h, w))
@@ -208,8 +262,17 @@ def explain(segmenter, image, classes: ClassList, points: Sequence[tuple[int, in
         i = r * view.grid[1] + c
         rows = exp.rows(wi, [i])
         grid = view.grid
-        exp.points.append(PointView(
-            x, y, wi, (r, c), rows["attn"][0].reshape(grid), rows["feedback"][0].reshape(grid),
-            rows["final"][0].reshape(grid), rows["keep"][0].reshape(grid),
-            exp.window_p(wi)[i]))
+        exp.points.append(
+            PointView(
+                x,
+                y,
+                wi,
+                (r, c),
+                rows["attn"][0].reshape(grid),
+                rows["feedback"][0].reshape(grid),
+                rows["final"][0].reshape(grid),
+                rows["keep"][0].reshape(grid),
+                exp.window_p(wi)[i],
+            )
+        )
     return exp

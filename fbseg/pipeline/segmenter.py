@@ -1,4 +1,5 @@
 """The public entry point: load once, segment many images with any class list."""
+
 from __future__ import annotations
 
 import time
@@ -14,16 +15,25 @@ from fbseg.classes import ClassList, parse_classes
 from fbseg.hosts import DEFAULT_HOST, HOSTS, build_host
 from fbseg.hosts.base import Host, HostOptions
 from fbseg.io import ImageLike, read_image
-from fbseg.models.clip import (DEFAULT_BACKBONE, default_lam, default_pretrained, load_clip,
-                               network_of)
+from fbseg.models.clip import (
+    DEFAULT_BACKBONE,
+    default_lam,
+    default_pretrained,
+    load_clip,
+    network_of,
+)
 from fbseg.models.clip_tower import patch_size
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
 from fbseg.pipeline.config import DEFAULTS, SegmentConfig
 from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.pipeline.device import resolve_device, resolve_precision
-from fbseg.pipeline.window import (class_probabilities, labels_from_probs, protocol_size,
-                                   resize_image, slide_many)
+from fbseg.pipeline.window import (
+    probabilities_and_labels,
+    protocol_size,
+    resize_image,
+    slide_many,
+)
 from fbseg.result import SegmentationResult
 
 # Bumped whenever a change alters the numbers a given model, weights and settings produce, so
@@ -45,10 +55,19 @@ class Segmenter:
         >>> result.labels.shape  # (H, W) of the input image
     """
 
-    def __init__(self, clip: torch.nn.Module, *, model_name: str, host: Host | str = DEFAULT_HOST,
-                 config: SegmentConfig = DEFAULTS, device: str = "auto", precision: str = "auto",
-                 weights_id: str | None = None, text_cache_dir: Path | None = None,
-                 windows_per_forward: int = 8) -> None:
+    def __init__(
+        self,
+        clip: torch.nn.Module,
+        *,
+        model_name: str,
+        host: Host | str = DEFAULT_HOST,
+        config: SegmentConfig = DEFAULTS,
+        device: str = "auto",
+        precision: str = "auto",
+        weights_id: str | None = None,
+        text_cache_dir: Path | None = None,
+        windows_per_forward: int = 8,
+    ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model_name = model_name
@@ -61,8 +80,9 @@ class Segmenter:
         self.windows_per_forward = windows_per_forward
         self.patch = patch_size(self.visual)
         self.network = network_of(self.clip)
-        self.crop_model = CropModel(self.visual, self.host, input_mean=self.network.mean,
-                                    input_std=self.network.std)
+        self.crop_model = CropModel(
+            self.visual, self.host, input_mean=self.network.mean, input_std=self.network.std
+        )
         import open_clip
 
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -99,9 +119,16 @@ class Segmenter:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)
         built = host_entry.build(HostOptions(proxy=proxy, proxy_checkpoint=proxy_checkpoint))
-        return cls(clip, model_name=model, host=built, config=config, device=device,
-                   precision=precision, weights_id=weights_id(model, pretrained, checkpoint),
-                   text_cache_dir=text_cache_root() if text_cache else None)
+        return cls(
+            clip,
+            model_name=model,
+            host=built,
+            config=config,
+            device=device,
+            precision=precision,
+            weights_id=weights_id(model, pretrained, checkpoint),
+            text_cache_dir=text_cache_root() if text_cache else None,
+        )
 
     @property
     def feedback(self) -> bool:
@@ -133,8 +160,9 @@ class Segmenter:
         names = as_classes(classes).flat_names
         return self.text_cache.embeddings(self.clip, self.tokenizer, names, self.device)
 
-    def prepare(self, image: ImageLike, config: SegmentConfig | None = None,
-                **overrides) -> PreparedImage:
+    def prepare(
+        self, image: ImageLike, config: SegmentConfig | None = None, **overrides
+    ) -> PreparedImage:
         """Decode and resize one image for the model (CPU; safe to run in a worker thread)."""
         short_side = (config or self.config).replace(**overrides).short_side
         rgb = read_image(image)
@@ -143,9 +171,15 @@ class Segmenter:
         return PreparedImage(rgb, ((img - self._mean) / self._std), short_side)
 
     @torch.inference_mode()
-    def segment(self, image: ImageLike, classes: ClassList | str | Sequence[str],
-                config: SegmentConfig | None = None, *, compare: bool = False,
-                **overrides) -> SegmentationResult:
+    def segment(
+        self,
+        image: ImageLike,
+        classes: ClassList | str | Sequence[str],
+        config: SegmentConfig | None = None,
+        *,
+        compare: bool = False,
+        **overrides,
+    ) -> SegmentationResult:
         """Segment one image (path, PIL image or (H, W, 3) uint8 RGB array).
 
         classes: "a,b; c" or a list (one class per item, ";" between names). ``config`` and
@@ -156,10 +190,15 @@ class Segmenter:
         return self.segment_batch([image], classes, config, compare=compare, **overrides)[0]
 
     @torch.inference_mode()
-    def segment_batch(self, images: Sequence[ImageLike | PreparedImage],
-                      classes: ClassList | str | Sequence[str],
-                      config: SegmentConfig | None = None, *, compare: bool = False,
-                      **overrides) -> list[SegmentationResult]:
+    def segment_batch(
+        self,
+        images: Sequence[ImageLike | PreparedImage],
+        classes: ClassList | str | Sequence[str],
+        config: SegmentConfig | None = None,
+        *,
+        compare: bool = False,
+        **overrides,
+    ) -> list[SegmentationResult]:
         """Segment several images; their windows share batches where crop sizes match.
 
         Equal to calling ``segment`` on each (each window's result depends on that window
@@ -170,8 +209,7 @@ class Segmenter:
         cl = as_classes(classes)
         t0 = time.perf_counter()
         text = self.encode_text(cl).to(self.dtype)
-        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, cfg)
-                    for im in images]
+        prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, cfg) for im in images]
         if any(p.short_side != cfg.short_side for p in prepared):
             from fbseg.errors import ConfigError
 
@@ -180,12 +218,24 @@ class Segmenter:
         lam_value = self.lam_for(cfg)
 
         def crop_fn(crops: torch.Tensor) -> torch.Tensor:
-            return crop_logits(self.crop_model, crops, text, feedback=cfg.feedback, lam=lam_value,
-                               window=cfg.window, also_baseline=compare)
+            return crop_logits(
+                self.crop_model,
+                crops,
+                text,
+                feedback=cfg.feedback,
+                lam=lam_value,
+                window=cfg.window,
+                also_baseline=compare,
+            )
 
-        stitched = slide_many([p.tensor.to(self.device, self.dtype) for p in prepared], crop_fn,
-                              window=cfg.window, stride=cfg.stride,
-                              pad_multiple=self.pad_multiple, windows_per_forward=self.windows_per_forward)
+        stitched = slide_many(
+            [p.tensor.to(self.device, self.dtype) for p in prepared],
+            crop_fn,
+            window=cfg.window,
+            stride=cfg.stride,
+            pad_multiple=self.pad_multiple,
+            windows_per_forward=self.windows_per_forward,
+        )
         t2 = time.perf_counter()
         share = (t2 - t1) / len(prepared)
         results = []
@@ -193,26 +243,38 @@ class Segmenter:
         for p, logits in zip(prepared, stitched):
             t3 = time.perf_counter()
             baseline = None
+            post_args = (p.rgb.shape[:2], cfg.logit_scale, cfg.prob_threshold, cl.name_to_class)
             if compare:
-                base_probs = class_probabilities(logits[C:], p.rgb.shape[:2], cfg.logit_scale,
-                                                 cl.name_to_class)
-                baseline = labels_from_probs(base_probs, cfg.prob_threshold).cpu().numpy()
-                baseline = baseline.astype(np.int64)
+                _, baseline = probabilities_and_labels(logits[C:], *post_args)
+                baseline = baseline.cpu().numpy().astype(np.int64)
                 logits = logits[:C]
-            probs = class_probabilities(logits, p.rgb.shape[:2], cfg.logit_scale, cl.name_to_class)
-            labels = labels_from_probs(probs, cfg.prob_threshold)
+            probs, labels = probabilities_and_labels(logits, *post_args)
             post = time.perf_counter() - t3
-            timings = {"text_s": t1 - t0, "model_s": share,
-                       "total_s": (t1 - t0) / len(prepared) + share + post}
-            results.append(SegmentationResult(
-                labels=labels.cpu().numpy().astype(np.int64), probs=probs.float().cpu().numpy(),
-                classes=cl.labels, names=cl.names, meta=self._meta(cfg, timings),
-                baseline_labels=baseline))
+            timings = {
+                "text_s": t1 - t0,
+                "model_s": share,
+                "total_s": (t1 - t0) / len(prepared) + share + post,
+            }
+            results.append(
+                SegmentationResult(
+                    labels=labels.cpu().numpy().astype(np.int64),
+                    probs=probs.float().cpu().numpy(),
+                    classes=cl.labels,
+                    names=cl.names,
+                    meta=self._meta(cfg, timings),
+                    baseline_labels=baseline,
+                )
+            )
         return results
 
-    def explain(self, image: ImageLike, classes: ClassList | str | Sequence[str],
-                points: Sequence[tuple[int, int]] | None = None,
-                config: SegmentConfig | None = None, **overrides):
+    def explain(
+        self,
+        image: ImageLike,
+        classes: ClassList | str | Sequence[str],
+        points: Sequence[tuple[int, int]] | None = None,
+        config: SegmentConfig | None = None,
+        **overrides,
+    ):
         """What the model attends to at ``points`` ((x, y) pixels; default: each class's most
         confident pixel): an ``Explanation`` with the rows of A, A_fb and A', FSA's P, the
         nucleus cut, and the host-only and FSA masks. Settings as for ``segment``."""
@@ -223,19 +285,28 @@ class Segmenter:
     def text_identity(self) -> dict:
         """What decides a name's embedding: the model, its weights, the network they run in
         (activation, preprocessing), the text tower's precision and the protocol version."""
-        return {"model": self.model_name, "weights": self.weights_id,
-                "network": self.network.as_dict(), "text_precision": "float32",
-                "protocol": PROTOCOL_VERSION}
+        return {
+            "model": self.model_name,
+            "weights": self.weights_id,
+            "network": self.network.as_dict(),
+            "text_precision": "float32",
+            "protocol": PROTOCOL_VERSION,
+        }
 
     def identity(self, config: SegmentConfig | None = None) -> dict:
         """Everything that decides the output besides the image and the protocol settings
         (for cache keys and reports)."""
         cfg = config or self.config
-        return {"model": self.model_name, "weights": self.weights_id,
-                "network": self.network.as_dict(), "protocol": PROTOCOL_VERSION,
-                **self.host.identity(), "feedback": cfg.feedback,
-                "lam": self.lam_for(cfg) if cfg.feedback else None,
-                "precision": str(self.dtype).replace("torch.", "")}
+        return {
+            "model": self.model_name,
+            "weights": self.weights_id,
+            "network": self.network.as_dict(),
+            "protocol": PROTOCOL_VERSION,
+            **self.host.identity(),
+            "feedback": cfg.feedback,
+            "lam": self.lam_for(cfg) if cfg.feedback else None,
+            "precision": str(self.dtype).replace("torch.", ""),
+        }
 
     def _meta(self, cfg: SegmentConfig, timings: dict) -> dict:
         host = self.host.identity()
@@ -247,10 +318,14 @@ class Segmenter:
             "proxy": host["proxy"],
             "feedback": cfg.feedback,
             "settings": {
-                "short_side": cfg.short_side, "window": cfg.window, "stride": cfg.stride,
-                "logit_scale": cfg.logit_scale, "prob_threshold": cfg.prob_threshold,
+                "short_side": cfg.short_side,
+                "window": cfg.window,
+                "stride": cfg.stride,
+                "logit_scale": cfg.logit_scale,
+                "prob_threshold": cfg.prob_threshold,
                 "lam": self.lam_for(cfg) if cfg.feedback else None,
-                "device": str(self.device), "precision": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device),
+                "precision": str(self.dtype).replace("torch.", ""),
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }

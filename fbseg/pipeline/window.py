@@ -1,5 +1,6 @@
 """The reference inference protocol around the network: resize, sliding window, stitching,
 and logits → per-class probabilities → labels."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -62,8 +63,11 @@ def slide_many(
     together in batches of ``windows_per_forward``, across images: every crop's result depends on that
     crop alone, so the batching changes nothing but the speed.
     """
-    jobs = [(i, box) for i, img in enumerate(images)
-            for box in window_boxes(img.shape[1], img.shape[2], window, stride)]
+    jobs = [
+        (i, box)
+        for i, img in enumerate(images)
+        for box in window_boxes(img.shape[1], img.shape[2], window, stride)
+    ]
     by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
     for i, (y1, y2, x1, x2) in jobs:
         by_size.setdefault((y2 - y1, x2 - x1), []).append((i, (y1, y2, x1, x2)))
@@ -72,14 +76,15 @@ def slide_many(
     for (ch, cw), group in by_size.items():
         pad = centred_pad(ch, cw, pad_multiple)
         for start in range(0, len(group), windows_per_forward):
-            chunk = group[start:start + windows_per_forward]
+            chunk = group[start : start + windows_per_forward]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
             if any(pad):
                 crops = F.pad(crops, pad)
             logits = crop_fn(crops).float()
-            logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            logits = logits[:, :, pad[2]:pad[2] + ch, pad[0]:pad[0] + cw]
+            logits = F.interpolate(
+                logits, size=crops.shape[-2:], mode="bilinear", align_corners=False
+            )
+            logits = logits[:, :, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
             for (i, (y1, y2, x1, x2)), crop in zip(chunk, logits):
                 if totals[i] is None:
                     totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
@@ -88,11 +93,24 @@ def slide_many(
     return [total / count for total, count in zip(totals, counts)]
 
 
-def slide(image: torch.Tensor, crop_fn: Callable[[torch.Tensor], torch.Tensor], *, window: int,
-          stride: int, pad_multiple: int, windows_per_forward: int = 8) -> torch.Tensor:
+def slide(
+    image: torch.Tensor,
+    crop_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    window: int,
+    stride: int,
+    pad_multiple: int,
+    windows_per_forward: int = 8,
+) -> torch.Tensor:
     """``slide_many`` for one image: logits (C, H, W)."""
-    return slide_many([image], crop_fn, window=window, stride=stride, pad_multiple=pad_multiple,
-                      windows_per_forward=windows_per_forward)[0]
+    return slide_many(
+        [image],
+        crop_fn,
+        window=window,
+        stride=stride,
+        pad_multiple=pad_multiple,
+        windows_per_forward=windows_per_forward,
+    )[0]
 
 
 def class_probabilities(
@@ -122,3 +140,16 @@ def labels_from_probs(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     if threshold > 0:
         labels = torch.where(top < threshold, torch.zeros_like(labels), labels)
     return labels
+
+
+def probabilities_and_labels(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    logit_scale: float,
+    prob_threshold: float,
+    name_to_class: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stitched name logits (C, h, w) → per-class probabilities (K, H, W) at ``out_size`` and
+    labels (H, W): the post-processing of every path (segment, compare, explain)."""
+    probs = class_probabilities(logits, out_size, logit_scale, name_to_class)
+    return probs, labels_from_probs(probs, prob_threshold)

@@ -4,6 +4,7 @@ Launched by torchrun (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT in the envi
 ``from_environment`` joins the process group: NCCL when every rank has a GPU, gloo otherwise.
 Alone (no WORLD_SIZE, or 1) nothing is initialised and every method is the identity.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -34,7 +35,7 @@ class Dist:
     def shard(self, items: Sequence[T]) -> list[T]:
         """Every ``world``-th item from ``rank``: disjoint, together complete, deterministic
         for a sorted input list, and balanced within one item."""
-        return list(items)[self.rank::self.world]
+        return list(items)[self.rank :: self.world]
 
     def device_for(self, device: str) -> str:
         """Each rank on its own GPU (cuda:LOCAL_RANK) when asked for auto or cuda."""
@@ -70,8 +71,11 @@ def _collective_device():
     import torch
     import torch.distributed as dist
 
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
         else torch.device("cpu")
+    )
 
 
 _CURRENT: Dist | None = None
@@ -94,8 +98,9 @@ def from_environment() -> Dist:
     if use_nccl:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_nccl else "gloo",
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if use_nccl else "gloo", timeout=datetime.timedelta(minutes=30)
+        )
     _CURRENT = Dist(rank, world, local_rank)
     return _CURRENT
 

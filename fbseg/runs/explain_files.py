@@ -1,4 +1,5 @@
 """Where ``fbseg explain`` writes, and writing it (atomically, never over a user's file)."""
+
 from __future__ import annotations
 
 import io

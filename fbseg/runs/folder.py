@@ -1,5 +1,6 @@
 """A whole run as one library call: inputs found, shards taken per rank, images streamed
 through an engine, outputs written atomically with resume, ``summary.json``, an exit status."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -11,8 +12,7 @@ from fbseg.errors import ConfigError, FbsegError
 from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.engine import Engine
 from fbseg.runs import distributed
-from fbseg.runs.inputs import (RUN_SUMMARY, InputItem, InputScan, check_inputs,
-                               collect_inputs)
+from fbseg.runs.inputs import RUN_SUMMARY, InputItem, InputScan, check_inputs, collect_inputs
 from fbseg.runs.outputs import OutputOptions
 from fbseg.runs.stream import ItemOutcome, ItemStatus, stream_items
 from fbseg.runs.summary import summary_entry, write_run_summary
@@ -99,17 +99,23 @@ def segment_folder(
     group = images_per_group or (4 if engine.device.type == "cuda" else 1)
     run = FolderRun(skipped_non_images=scan.skipped_non_images)
     if dist.is_main:
-        run.outcomes = [ItemOutcome(InputItem(Path(m), Path(m), m), ItemStatus.FAILED,
-                                    f"{m}: no such file") for m in scan.missing]
+        run.outcomes = [
+            ItemOutcome(InputItem(Path(m), Path(m), m), ItemStatus.FAILED, f"{m}: no such file")
+            for m in scan.missing
+        ]
     items = dist.shard(scan.items)  # each rank its own disjoint share; alone: all of them
     run.planned = len(items)
     several = len(scan.items) + len(scan.missing) > 1
     if on_start is not None:
         on_start(len(items))
     stream = stream_items(
-        items, lambda images: engine.segment_batch(images, classes, cfg, compare=options.compare),
-        options, stdin_reader=stdin_reader, prepare=lambda rgb: engine.prepare(rgb, cfg),
-        images_per_group=group)
+        items,
+        lambda images: engine.segment_batch(images, classes, cfg, compare=options.compare),
+        options,
+        stdin_reader=stdin_reader,
+        prepare=lambda rgb: engine.prepare(rgb, cfg),
+        images_per_group=group,
+    )
     while True:
         try:
             outcome = next(stream)

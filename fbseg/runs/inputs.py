@@ -1,4 +1,5 @@
 """Finding the images of a run: files, folders, globs and stdin, named for their outputs."""
+
 from __future__ import annotations
 
 import glob

@@ -1,4 +1,5 @@
 """What a run writes for one image: output names, the files' bytes, atomic writing."""
+
 from __future__ import annotations
 
 import io
@@ -47,7 +48,10 @@ def label_slug(label: str) -> str:
 
 def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
     base = opts.out_dir / item.rel
-    paths = {"mask": base.parent / (base.name + ".mask.png"), "json": base.parent / (base.name + ".json")}
+    paths = {
+        "mask": base.parent / (base.name + ".mask.png"),
+        "json": base.parent / (base.name + ".json"),
+    }
     if opts.overlay:
         paths["overlay"] = base.parent / (base.name + ".overlay.png")
     if opts.save_probs:
@@ -62,28 +66,41 @@ def output_paths(item: InputItem, opts: OutputOptions) -> dict[str, Path]:
     return paths
 
 
-def render_outputs(result: SegmentationResult, rgb: np.ndarray, item: InputItem,
-                   opts: OutputOptions) -> dict[str, bytes]:
+def render_outputs(
+    result: SegmentationResult, rgb: np.ndarray, item: InputItem, opts: OutputOptions
+) -> dict[str, bytes]:
     """The bytes of every output file of one image (nothing written yet)."""
     colours = palette(len(result.classes))
     summary = result.to_json()
     summary["input"] = item.display
     summary["palette"] = colours.tolist()
-    out = {"mask": indexed_png(result.labels, colours),
-           "json": (json.dumps(summary, indent=2) + "\n").encode()}
+    out = {
+        "mask": indexed_png(result.labels, colours),
+        "json": (json.dumps(summary, indent=2) + "\n").encode(),
+    }
     if opts.overlay:
         fractions = [c.pixel_fraction for c in result.summary()]
-        out["overlay"] = png_bytes(overlay(rgb, result.labels, colours, opts.opacity,
-                                           legend=list(result.classes), fractions=fractions))
+        out["overlay"] = png_bytes(
+            overlay(
+                rgb,
+                result.labels,
+                colours,
+                opts.opacity,
+                legend=list(result.classes),
+                fractions=fractions,
+            )
+        )
     if opts.save_probs:
         buf = io.BytesIO()
-        np.savez_compressed(buf, probs=result.probs.astype(np.float16),
-                            classes=np.array(result.classes))
+        np.savez_compressed(
+            buf, probs=result.probs.astype(np.float16), classes=np.array(result.classes)
+        )
         out["probs"] = buf.getvalue()
     if opts.compare and result.baseline_labels is not None:
         out["baseline"] = indexed_png(result.baseline_labels, colours)
-        out["diff"] = png_bytes(Image.fromarray(disagreement(rgb, result.baseline_labels,
-                                                             result.labels)))
+        out["diff"] = png_bytes(
+            Image.fromarray(disagreement(rgb, result.baseline_labels, result.labels))
+        )
     if opts.masks is MaskMode.PER_CLASS:
         for k in range(len(result.classes)):
             out[f"mask:{k}"] = binary_png(result.labels == k)

@@ -1,5 +1,6 @@
 """The reader/model/writer stream: many images through one model, in order, with a bad
 file reported and the run going on."""
+
 from __future__ import annotations
 
 import queue
@@ -50,8 +51,14 @@ class _Loaded:
 _END = object()
 
 
-def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[np.ndarray], object],
-            stdin_reader: Callable[[], bytes] | None, out: queue.Queue, stop: threading.Event) -> None:
+def _reader(
+    items: Sequence[InputItem],
+    opts: OutputOptions,
+    prepare: Callable[[np.ndarray], object],
+    stdin_reader: Callable[[], bytes] | None,
+    out: queue.Queue,
+    stop: threading.Event,
+) -> None:
     """Decode and prepare items ahead of the model, in order, into the bounded queue."""
 
     def put(obj: object) -> bool:
@@ -69,8 +76,9 @@ def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[
         paths = output_paths(item, opts)
         entry = _Loaded(item, paths)
         if not opts.overwrite and all(p.exists() for p in paths.values()):
-            entry.outcome = ItemOutcome(item, ItemStatus.SKIPPED, "outputs exist",
-                                        {k: str(p) for k, p in paths.items()})
+            entry.outcome = ItemOutcome(
+                item, ItemStatus.SKIPPED, "outputs exist", {k: str(p) for k, p in paths.items()}
+            )
         else:
             try:
                 entry.rgb = read_input(item, stdin_reader)
@@ -78,7 +86,9 @@ def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[
             except InputError as exc:
                 entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
             except Exception as exc:  # never let one file stop the run
-                entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})")
+                entry.outcome = ItemOutcome(
+                    item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})"
+                )
         if not put(entry):
             return
     put(_END)
@@ -87,13 +97,20 @@ def _reader(items: Sequence[InputItem], opts: OutputOptions, prepare: Callable[[
 def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> ItemOutcome:
     t0 = time.perf_counter()
     try:
-        write_outputs(render_outputs(result, entry.rgb, entry.item, opts), entry.paths,
-                      opts.overwrite)
+        write_outputs(
+            render_outputs(result, entry.rgb, entry.item, opts), entry.paths, opts.overwrite
+        )
     except OutputError as exc:
         return ItemOutcome(entry.item, ItemStatus.FAILED, exc.one_line())
     seconds = result.meta.get("timings", {}).get("total_s", 0.0) + time.perf_counter() - t0
-    return ItemOutcome(entry.item, ItemStatus.DONE, "", {k: str(p) for k, p in entry.paths.items()},
-                       result, seconds)
+    return ItemOutcome(
+        entry.item,
+        ItemStatus.DONE,
+        "",
+        {k: str(p) for k, p in entry.paths.items()},
+        result,
+        seconds,
+    )
 
 
 def stream_items(
@@ -116,8 +133,9 @@ def stream_items(
     """
     loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, daemon=True,
-                              args=(items, opts, prepare, stdin_reader, loaded, stop))
+    reader = threading.Thread(
+        target=_reader, daemon=True, args=(items, opts, prepare, stdin_reader, loaded, stop)
+    )
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-write")
     in_flight: list[_Loaded] = []
 

@@ -1,5 +1,6 @@
 """The run summary: one plain entry per image (it may travel between ranks) and
 ``summary.json``."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,18 @@ from fbseg.runs.stream import ItemOutcome, ItemStatus
 
 def summary_entry(o: ItemOutcome) -> dict:
     """One image's line in ``summary.json`` (plain data: it may travel between processes)."""
-    return {"input": o.item.display, "status": o.status.value, "reason": o.reason or None,
-            "outputs": o.outputs, "seconds": round(o.seconds, 4),
-            "pixel_fractions": ({c.label: c.pixel_fraction for c in o.result.summary()}
-                                if o.result is not None else None)}
+    return {
+        "input": o.item.display,
+        "status": o.status.value,
+        "reason": o.reason or None,
+        "outputs": o.outputs,
+        "seconds": round(o.seconds, 4),
+        "pixel_fractions": (
+            {c.label: c.pixel_fraction for c in o.result.summary()}
+            if o.result is not None
+            else None
+        ),
+    }
 
 
 def run_summary(entries: Sequence[dict]) -> dict:
@@ -26,6 +35,7 @@ def run_summary(entries: Sequence[dict]) -> dict:
 
 def write_run_summary(entries: Sequence[dict], out_dir: Path) -> Path:
     path = out_dir / RUN_SUMMARY
-    atomic_write_bytes(path, (json.dumps(run_summary(entries), indent=2) + "\n").encode(),
-                       overwrite=True)
+    atomic_write_bytes(
+        path, (json.dumps(run_summary(entries), indent=2) + "\n").encode(), overwrite=True
+    )
     return path

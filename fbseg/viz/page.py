@@ -6,6 +6,7 @@ be switched. Rows are embedded for a regular grid of query patches (every ``stri
 and column of each window's grid, chosen so the page stays under a size budget) as uint8
 (each row scaled by its maximum); the pointer snaps to the nearest embedded query.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,8 +74,14 @@ def page_data(exp, budget: int = PAGE_BUDGET) -> dict:
     windows = []
     for wi, win in enumerate(exp.windows):
         rows = exp.rows(wi, patches)
-        entry = {"box": list(win.box), "pad": list(win.pad), "grid": list(win.grid),
-                 "region": [round(v, 3) for v in win.region], "q_rows": q_rows, "q_cols": q_cols}
+        entry = {
+            "box": list(win.box),
+            "pad": list(win.pad),
+            "grid": list(win.grid),
+            "region": [round(v, 3) for v in win.region],
+            "q_rows": q_rows,
+            "q_cols": q_cols,
+        }
         for name in ("attn", "feedback", "final"):
             data, top = _quantise(np.clip(rows[name], 0, None))
             entry[name] = _b64(data)
@@ -83,13 +90,19 @@ def page_data(exp, budget: int = PAGE_BUDGET) -> dict:
         entry["p"] = _b64(np.round(np.clip(p, 0, 1) * 255).astype(np.uint8).tobytes())
         windows.append(entry)
     return {
-        "size": [H, W], "view": [vh, vw], "protocol": list(exp.protocol_size),
-        "classes": list(exp.classes), "colours": colours.tolist(), "stride": stride,
+        "size": [H, W],
+        "view": [vh, vw],
+        "protocol": list(exp.protocol_size),
+        "classes": list(exp.classes),
+        "colours": colours.tolist(),
+        "stride": stride,
         "image": _jpeg(view),
         "baseline": _png(small(blend(exp.rgb, exp.baseline_labels, colours, 0.6))),
         "feedback": _png(small(blend(exp.rgb, exp.feedback_labels, colours, 0.6))),
-        "class_p": [_png(colormap(np.asarray(Image.fromarray(exp.class_p[k]).resize((vw, vh))), 0.0, 1.0))
-                    for k in range(len(exp.classes))],
+        "class_p": [
+            _png(colormap(np.asarray(Image.fromarray(exp.class_p[k]).resize((vw, vh))), 0.0, 1.0))
+            for k in range(len(exp.classes))
+        ],
         "viridis": colormap(np.linspace(0, 1, 256), 0, 1).tolist(),
         "windows": windows,
     }

@@ -5,6 +5,7 @@ pixels where they disagree, with the legend; per point a row of A, A_fb and A' h
 (over the image, each with a colour bar), the nucleus cut and P at the point; then FSA's
 class distribution P as one map per class.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,11 +16,30 @@ from fbseg.viz import _font, blend, disagreement, legend_panel, palette
 PANEL = 260  # longest side of an image panel
 GAP = 10
 TITLE = 22
-POINT_COLOURS = [(255, 255, 0), (0, 255, 255), (255, 128, 0), (0, 255, 0), (255, 0, 128), (128, 128, 255)]
+POINT_COLOURS = [
+    (255, 255, 0),
+    (0, 255, 255),
+    (255, 128, 0),
+    (0, 255, 0),
+    (255, 0, 128),
+    (128, 128, 255),
+]
 
 # viridis at 9 stops; colour maps interpolate between them
-_VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-                     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], np.float32)
+_VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ],
+    np.float32,
+)
 
 
 def colormap(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -40,8 +60,14 @@ def _panel(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> Ima
     return img.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
 
 
-def heat_over_image(rgb: np.ndarray, grid_map: np.ndarray, region: tuple[float, float, float, float],
-                    size: tuple[int, int], vmax: float, alpha: float = 0.75) -> Image.Image:
+def heat_over_image(
+    rgb: np.ndarray,
+    grid_map: np.ndarray,
+    region: tuple[float, float, float, float],
+    size: tuple[int, int],
+    vmax: float,
+    alpha: float = 0.75,
+) -> Image.Image:
     """A grid map (rows, cols) drawn over its window's place in the (dimmed) image."""
     H, W = rgb.shape[:2]
     h, w = size
@@ -51,7 +77,8 @@ def heat_over_image(rgb: np.ndarray, grid_map: np.ndarray, region: tuple[float, 
     sy, sx = h / H, w / W
     box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
     heat = Image.fromarray(colormap(grid_map, 0.0, vmax)).resize(
-        (max(1, box[2] - box[0]), max(1, box[3] - box[1])), Image.NEAREST)
+        (max(1, box[2] - box[0]), max(1, box[3] - box[1])), Image.NEAREST
+    )
     layer = out.copy()
     layer.paste(heat, box[:2])
     out = Image.blend(out, layer, alpha)
@@ -78,7 +105,9 @@ def _mark(img: Image.Image, xy: tuple[float, float], colour, label: str) -> None
     d.text((x + 8, y - 8), label, fill=colour, font=_font(13))
 
 
-def _bars(values: np.ndarray, labels, colours: np.ndarray, height: int, width: int = 200) -> Image.Image:
+def _bars(
+    values: np.ndarray, labels, colours: np.ndarray, height: int, width: int = 200
+) -> Image.Image:
     """Horizontal bars of a distribution over classes (top 8)."""
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
@@ -87,8 +116,10 @@ def _bars(values: np.ndarray, labels, colours: np.ndarray, height: int, width: i
     row = max(14, min(22, height // max(len(order), 1)))
     for j, k in enumerate(order):
         y = 2 + j * row
-        d.rectangle([4, y, 4 + int(90 * float(values[k])), y + row - 4],
-                    fill=tuple(int(c) for c in colours[k]))
+        d.rectangle(
+            [4, y, 4 + int(90 * float(values[k])), y + row - 4],
+            fill=tuple(int(c) for c in colours[k]),
+        )
         d.text((100, y), f"{labels[k][:12]} {values[k]:.2f}", fill=(0, 0, 0), font=font)
     return img
 
@@ -130,23 +161,48 @@ def explain_sheet(exp, title: str = "") -> Image.Image:
 
     marked = _panel(exp.rgb, size)
     for j, p in enumerate(exp.points):
-        _mark(marked, ((p.x + 0.5) * sx, (p.y + 0.5) * sy), POINT_COLOURS[j % len(POINT_COLOURS)], str(j + 1))
+        _mark(
+            marked,
+            ((p.x + 0.5) * sx, (p.y + 0.5) * sy),
+            POINT_COLOURS[j % len(POINT_COLOURS)],
+            str(j + 1),
+        )
     base = _panel(blend(exp.rgb, exp.baseline_labels, colours, 0.6), size)
     fb = _panel(blend(exp.rgb, exp.feedback_labels, colours, 0.6), size)
-    diff = _panel(disagreement(exp.rgb, exp.baseline_labels, exp.feedback_labels), size, nearest=True)
+    diff = _panel(
+        disagreement(exp.rgb, exp.baseline_labels, exp.feedback_labels), size, nearest=True
+    )
     changed = float((exp.baseline_labels != exp.feedback_labels).mean())
-    fractions = np.bincount(exp.feedback_labels.ravel(), minlength=len(exp.classes)) / exp.feedback_labels.size
-    canvas.add([("image + query points", marked), ("host only", base), ("with FSA", fb),
-                (f"changed pixels ({100 * changed:.1f}%)", diff),
-                ("classes (FSA area)", legend_panel(list(exp.classes), colours, fractions, size[0]))])
+    fractions = (
+        np.bincount(exp.feedback_labels.ravel(), minlength=len(exp.classes))
+        / exp.feedback_labels.size
+    )
+    canvas.add(
+        [
+            ("image + query points", marked),
+            ("host only", base),
+            ("with FSA", fb),
+            (f"changed pixels ({100 * changed:.1f}%)", diff),
+            ("classes (FSA area)", legend_panel(list(exp.classes), colours, fractions, size[0])),
+        ]
+    )
 
     for j, p in enumerate(exp.points):
         region = exp.windows[p.window].region
         panels = []
-        for name, grid_map in (("A (host)", p.attn), ("A_fb (feedback)", p.feedback), ("A' (final)", p.final)):
+        for name, grid_map in (
+            ("A (host)", p.attn),
+            ("A_fb (feedback)", p.feedback),
+            ("A' (final)", p.final),
+        ):
             vmax = float(max(grid_map.max(), 1e-12))  # each map on its own scale, with its bar
             heat = heat_over_image(exp.rgb, grid_map, region, size, vmax)
-            _mark(heat, ((p.x + 0.5) * sx, (p.y + 0.5) * sy), POINT_COLOURS[j % len(POINT_COLOURS)], "")
+            _mark(
+                heat,
+                ((p.x + 0.5) * sx, (p.y + 0.5) * sy),
+                POINT_COLOURS[j % len(POINT_COLOURS)],
+                "",
+            )
             panels.append((f"{j + 1}: {name} row", heat))
             panels.append(("", colour_bar(size[0], vmax)))
         keep_img = heat_over_image(exp.rgb, p.keep.astype(np.float32), region, size, 1.0)
@@ -155,8 +211,10 @@ def explain_sheet(exp, title: str = "") -> Image.Image:
         canvas.add(panels)
 
     small = _fit(H, W, PANEL * 2 // 3)
-    maps = [(f"P: {label[:18]}", _panel(colormap(exp.class_p[k], 0.0, 1.0), small))
-            for k, label in enumerate(exp.classes)]
+    maps = [
+        (f"P: {label[:18]}", _panel(colormap(exp.class_p[k], 0.0, 1.0), small))
+        for k, label in enumerate(exp.classes)
+    ]
     for start in range(0, len(maps), 6):
-        canvas.add(maps[start:start + 6])
+        canvas.add(maps[start : start + 6])
     return canvas.render(title or "fbseg explain")
