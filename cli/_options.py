@@ -13,7 +13,8 @@ import typer
 from fbseg.hosts import DEFAULT_HOST, HOSTS
 from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
-from fbseg.pipeline.config import DEFAULTS, SegmentConfig
+from fbseg.pipeline.config import DEFAULTS, Refinement, SegmentConfig
+from fbseg.presets import DEFAULT_PRESET, PRESETS, Preset
 
 MODEL, OUTPUT, PERF, PROTOCOL = "Model", "Output", "Performance", "Protocol"
 
@@ -45,7 +46,53 @@ CheckpointOpt = Annotated[
     ),
 ]
 HostOpt = Annotated[
-    str, typer.Option("--host", help=" | ".join(HOSTS.names()) + ".", rich_help_panel=MODEL)
+    Optional[str],
+    typer.Option(
+        "--host",
+        help=" | ".join(HOSTS.names()) + f" (default: the preset's; {DEFAULT_HOST} for fsa).",
+        rich_help_panel=MODEL,
+        show_default=False,
+    ),
+]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--preset",
+        help=f"{' | '.join(PRESETS.names())} (default {DEFAULT_PRESET}): a method's host and its "
+        "official protocol (segment/explain: its COCO-Stuff config; eval: the dataset's); "
+        "explicit flags override it. FSA stays on unless --no-feedback.",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+RefineOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--refine",
+        help=f"{' | '.join(r.value for r in Refinement)}: PAMR refines the mask edges "
+        "(default: the preset's, none for fsa).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+PamrStepsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--pamr-steps",
+        help=f"PAMR iterations (default {DEFAULTS.pamr_steps}; implies --refine pamr).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
+]
+PamrDilationsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pamr-dilations",
+        help="PAMR neighbourhood dilations, e.g. 8,16 (default "
+        f"{','.join(map(str, DEFAULTS.pamr_dilations))}; implies --refine pamr).",
+        rich_help_panel=PROTOCOL,
+        show_default=False,
+    ),
 ]
 ProxyOpt = Annotated[
     Optional[str],
@@ -90,7 +137,7 @@ WindowOpt = Annotated[
     Optional[int],
     typer.Option(
         "--window",
-        help=f"Sliding window size (default {DEFAULTS.window}).",
+        help=f"Sliding window size (default {DEFAULTS.window}; 0: the whole image at once).",
         rich_help_panel=PROTOCOL,
         show_default=False,
     ),
@@ -163,8 +210,11 @@ class ModelChoice:
     precision: str
 
     @classmethod
-    def from_flags(cls, flags: dict) -> ModelChoice:
-        return cls(**{k: flags[k] for k in cls.__dataclass_fields__})
+    def from_flags(cls, flags: dict, preset: Preset) -> ModelChoice:
+        """The model flags, the host defaulting to the preset's."""
+        values = {k: flags[k] for k in cls.__dataclass_fields__}
+        values["host"] = values["host"] or preset.host
+        return cls(**values)
 
     def label(self) -> str:
         """ "ViT-B-16 + proxyclip (dino)" as the library names the host."""
@@ -175,9 +225,31 @@ class ModelChoice:
 
 
 def protocol_flags(flags: dict, base: SegmentConfig = DEFAULTS) -> SegmentConfig:
-    """``base`` overridden by the protocol flags the user gave (unset ones keep its values)."""
-    names = set(SegmentConfig.field_names()) & set(flags)
-    return base.with_flags(**{k: flags[k] for k in names})
+    """``base`` overridden by the protocol flags the user gave (unset ones keep its values).
+    ``--pamr-steps``/``--pamr-dilations`` imply ``--refine pamr`` unless it is given."""
+    from fbseg.errors import ConfigError
+
+    given = {k: flags[k] for k in set(SegmentConfig.field_names()) & set(flags)}
+    whole_image = given.get("window") == 0  # --window 0: the whole image at once
+    if whole_image:
+        given["window"] = None  # with_flags keeps unset values; applied below
+    if given.get("pamr_dilations") is not None:
+        try:
+            given["pamr_dilations"] = tuple(int(d) for d in given["pamr_dilations"].split(","))
+        except ValueError:
+            raise ConfigError("--pamr-dilations takes whole numbers, e.g. 8,16") from None
+    pamr_tuned = given.get("pamr_steps") is not None or given.get("pamr_dilations") is not None
+    if pamr_tuned and given.get("refine") is None:
+        given["refine"] = Refinement.PAMR
+    config = base.with_flags(**given)
+    return config.replace(window=None) if whole_image else config
+
+
+def preset_and_config(flags: dict, dataset: str | None = None) -> tuple[Preset, SegmentConfig]:
+    """The preset named by --preset (default fsa) and its config for ``dataset`` (None: the
+    one segment and explain use), overridden by the protocol flags given."""
+    preset = PRESETS.get(flags.get("preset") or DEFAULT_PRESET)
+    return preset, protocol_flags(flags, preset.config(dataset))
 
 
 def load_segmenter(

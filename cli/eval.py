@@ -12,7 +12,6 @@ from fbseg.eval.datasets import DATASETS
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
-    DEFAULT_HOST_NAME,
     DEFAULT_MODEL,
     OUTPUT,
     CheckpointOpt,
@@ -24,16 +23,20 @@ from ._options import (
     LogitScaleOpt,
     ModelChoice,
     ModelOpt,
+    PamrDilationsOpt,
+    PamrStepsOpt,
     PrecisionOpt,
+    PresetOpt,
     PretrainedOpt,
     ProxyCheckpointOpt,
     ProxyOpt,
     QuietOpt,
+    RefineOpt,
     ShortSideOpt,
     StrideOpt,
     WindowOpt,
     load_segmenter,
-    protocol_flags,
+    preset_and_config,
 )
 
 HELP = f"""Evaluate on a benchmark ({", ".join(DATASETS.names())}) with the paper's protocol: its
@@ -55,7 +58,7 @@ def eval_command(
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    host: HostOpt = DEFAULT_HOST_NAME,
+    host: HostOpt = None,
     proxy: ProxyOpt = None,
     proxy_checkpoint: ProxyCheckpointOpt = None,
     feedback: FeedbackOpt = None,
@@ -64,6 +67,10 @@ def eval_command(
     window: WindowOpt = None,
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
+    preset: PresetOpt = None,
+    refine: RefineOpt = None,
+    pamr_steps: PamrStepsOpt = None,
+    pamr_dilations: PamrDilationsOpt = None,
     limit: Annotated[
         Optional[int],
         typer.Option(
@@ -94,11 +101,11 @@ def eval_command(
         spec = DATASETS.get(dataset)
         samples = find_samples(spec, root)[:limit]
         # the dataset's protocol, then any protocol flag given explicitly
-        config = protocol_flags(flags, spec.config())
+        preset, config = preset_and_config(flags, spec.name)
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
         seg = load_segmenter(
-            ModelChoice.from_flags(flags), config, show=show, device=dist.device_for(device)
+            ModelChoice.from_flags(flags, preset), config, show=show, device=dist.device_for(device)
         )
         mine = dist.shard(samples)
         progress = progress_bar(show)

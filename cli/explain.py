@@ -9,7 +9,6 @@ import typer
 
 from ._console import err, guarded
 from ._options import (
-    DEFAULT_HOST_NAME,
     DEFAULT_MODEL,
     OUTPUT,
     CheckpointOpt,
@@ -24,17 +23,21 @@ from ._options import (
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
+    PamrDilationsOpt,
+    PamrStepsOpt,
     PrecisionOpt,
+    PresetOpt,
     PretrainedOpt,
     ProxyCheckpointOpt,
     ProxyOpt,
     QuietOpt,
+    RefineOpt,
     ShortSideOpt,
     StrideOpt,
     WindowOpt,
     class_list,
     load_segmenter,
-    protocol_flags,
+    preset_and_config,
 )
 
 HELP = """Show what the model attends to. For each point (--at X,Y in image pixels; default: the
@@ -66,7 +69,7 @@ def explain_command(
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    host: HostOpt = DEFAULT_HOST_NAME,
+    host: HostOpt = None,
     proxy: ProxyOpt = None,
     proxy_checkpoint: ProxyCheckpointOpt = None,
     lam: LamOpt = None,
@@ -74,6 +77,10 @@ def explain_command(
     window: WindowOpt = None,
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
+    preset: PresetOpt = None,
+    refine: RefineOpt = None,
+    pamr_steps: PamrStepsOpt = None,
+    pamr_dilations: PamrDilationsOpt = None,
     output: OutputOpt = Path("fbseg-out"),
     html: Annotated[
         bool,
@@ -103,12 +110,13 @@ def explain_command(
         from fbseg.runs import explain_files
 
         cl = class_list(classes, classes_file)
-        config = protocol_flags(flags).replace(feedback=True)  # FSA is what is explained
+        preset, config = preset_and_config(flags)
+        config = config.replace(feedback=True)  # FSA is what is explained
         points = [_point(p) for p in at or []]
         rgb = read_image(image)  # a bad image fails before the model loads
         targets = explain_files.output_paths(output, image, html=html, save_raw=save_raw)
         explain_files.check_free(targets, overwrite)
-        choice = ModelChoice.from_flags(flags)
+        choice = ModelChoice.from_flags(flags, preset)
         seg = load_segmenter(choice, config, show=not quiet)
         exp = seg.explain(rgb, cl, points or None)
         written = explain_files.write(

@@ -17,6 +17,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
         "backbones": catalog.list_backbones(),
         "hosts": catalog.list_hosts(),
         "proxies": catalog.list_proxies(),
+        "presets": catalog.list_presets(),
     }
     if as_json:
         stdout_line(json.dumps(data, indent=2))
@@ -48,3 +49,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
             p["name"], p["timm_name"], str(p["lam"] or "backbone's"), "yes" if p["cached"] else "no"
         )
     err.print(t)
+    t = Table(title="Presets (--preset): a method's host and official protocol")
+    for col in ("preset", "host", "segment / explain (COCO-Stuff config)", "differs per dataset"):
+        t.add_column(col)
+    for p in data["presets"]:
+        seg = p["segment"]
+        differs = sorted(d for d, proto in p["datasets"].items() if proto != seg)
+        t.add_row(p["name"], p["host"], _protocol_text(seg), ", ".join(differs))
+    err.print(t)
+
+
+def _protocol_text(proto: dict) -> str:
+    window = "whole image" if proto["window"] is None else f"{proto['window']}/{proto['stride']}"
+    text = f"short {proto['short_side']}, window {window}, scale {proto['logit_scale']:g}"
+    if proto.get("refine"):
+        text += f", {proto['refine']} {proto['pamr_steps']}×{proto['pamr_dilations']}"
+    return text

@@ -11,7 +11,6 @@ import typer
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
-    DEFAULT_HOST_NAME,
     DEFAULT_MODEL,
     OUTPUT,
     PERF,
@@ -28,17 +27,21 @@ from ._options import (
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
+    PamrDilationsOpt,
+    PamrStepsOpt,
     PrecisionOpt,
+    PresetOpt,
     PretrainedOpt,
     ProxyCheckpointOpt,
     ProxyOpt,
     QuietOpt,
+    RefineOpt,
     ShortSideOpt,
     StrideOpt,
     WindowOpt,
     class_list,
     load_segmenter,
-    protocol_flags,
+    preset_and_config,
 )
 
 HELP = """Segment images with free-text classes.
@@ -81,7 +84,7 @@ def segment(
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    host: HostOpt = DEFAULT_HOST_NAME,
+    host: HostOpt = None,
     proxy: ProxyOpt = None,
     proxy_checkpoint: ProxyCheckpointOpt = None,
     feedback: FeedbackOpt = None,
@@ -90,6 +93,10 @@ def segment(
     window: WindowOpt = None,
     stride: StrideOpt = None,
     logit_scale: LogitScaleOpt = None,
+    preset: PresetOpt = None,
+    refine: RefineOpt = None,
+    pamr_steps: PamrStepsOpt = None,
+    pamr_dilations: PamrDilationsOpt = None,
     output: OutputOpt = Path("fbseg-out"),
     overlay: Annotated[
         bool,
@@ -163,7 +170,8 @@ def segment(
         from fbseg.runs.stream import ItemStatus
 
         cl = class_list(classes, classes_file, background, background_threshold)
-        config = protocol_flags(flags).with_flags(prob_threshold=background_threshold)
+        preset, config = preset_and_config(flags)
+        config = config.with_flags(prob_threshold=background_threshold)
         try:
             mask_mode = MaskMode(masks)
         except ValueError:
@@ -187,7 +195,7 @@ def segment(
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
         seg = load_segmenter(
-            ModelChoice.from_flags(flags), config, show=show, device=dist.device_for(device)
+            ModelChoice.from_flags(flags, preset), config, show=show, device=dist.device_for(device)
         )
         progress = progress_bar(show and len(dist.shard(scan.items)) > 1)
         with progress:

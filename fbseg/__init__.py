@@ -28,7 +28,7 @@ def __getattr__(name: str):
         from fbseg.runs.folder import segment_folder
 
         return segment_folder
-    if name in ("list_hosts", "list_backbones", "list_proxies"):
+    if name in ("list_hosts", "list_backbones", "list_proxies", "list_presets"):
         from fbseg import catalog
 
         return getattr(catalog, name)
@@ -55,5 +55,6 @@ __all__ = [
     "list_hosts",
     "list_backbones",
     "list_proxies",
+    "list_presets",
     "__version__",
 ]

@@ -41,3 +41,20 @@ def list_proxies() -> list[dict]:
         {"name": n, "timm_name": s.timm_name, "lam": s.lam, "cached": proxy_cached(s)}
         for n, s in PROXIES
     ]
+
+
+def list_presets() -> list[dict]:
+    """Each preset: its host, the protocol segment/explain use, and each dataset's."""
+    from fbseg.eval.datasets import DATASETS
+    from fbseg.presets import PRESETS
+
+    return [
+        {
+            "name": n,
+            "host": p.host,
+            "source": p.source,
+            "segment": p.config().protocol(),
+            "datasets": {d: p.config(d).protocol() for d in DATASETS.names()},
+        }
+        for n, p in PRESETS
+    ]

@@ -266,8 +266,25 @@ def crop_logits(
 
 
 # ---------------------------------------------------------------- the reference's forward_slide
-def slide_probs(logits_fn, img, window, stride, pad_to, out_size, scale, name_to_class):
-    """img (3, H, W) normalised; logits_fn(crop (3, h, w)) → (C, rows, cols)."""
+def slide_probs(
+    logits_fn, img, window, stride, pad_to, out_size, scale, name_to_class, refine=None
+):
+    """img (3, H, W) normalised; logits_fn(crop (3, h, w)) → (C, rows, cols). ``refine``:
+    a function (guide, logits) → logits applied at ``out_size`` (PAMR)."""
+    preds = slide_logits(logits_fn, img, window, stride, pad_to, out_size)
+    if refine is not None:
+        guide = F.interpolate(img[None], size=out_size, mode="bilinear")[0]
+        preds = refine(guide, preds)
+    return probs_from_logits(preds, scale, name_to_class)
+
+
+def slide_logits(logits_fn, img, window, stride, pad_to, out_size):
+    """The reference's forward_slide: stitched logits resized to ``out_size``; window None
+    runs the whole image unpadded (NACLIP's mode for VOC)."""
+    if window is None:
+        lg = logits_fn(img)
+        lg = F.interpolate(lg[None], size=img.shape[1:], mode="bilinear")[0]
+        return F.interpolate(lg[None], size=out_size, mode="bilinear")[0]
     _, H, W = img.shape
     preds, count = None, torch.zeros(H, W)
     h_grids = max(H - window + stride - 1, 0) // stride + 1
@@ -292,7 +309,11 @@ def slide_probs(logits_fn, img, window, stride, pad_to, out_size, scale, name_to
             preds[:, y1:y2, x1:x2] += lg
             count[y1:y2, x1:x2] += 1
     preds = preds / count
-    preds = F.interpolate(preds[None], size=out_size, mode="bilinear")[0]
+    return F.interpolate(preds[None], size=out_size, mode="bilinear")[0]
+
+
+def probs_from_logits(preds, scale, name_to_class):
+    """× scale, softmax over names, max over each class's names."""
     probs = torch.softmax(preds * scale, dim=0)
     K = max(name_to_class) + 1
     out = torch.stack(
@@ -302,3 +323,41 @@ def slide_probs(logits_fn, img, window, stride, pad_to, out_size, scale, name_to
         ]
     )
     return out
+
+
+# ---------------------------------------------------------------- PAMR, pixel by neighbour
+def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int, dilations) -> torch.Tensor:
+    """PAMR as SCLIP's and NACLIP's pamr.py compute it, written with clamped indices (the
+    reference's replicate padding) and explicit loops over dilations and neighbours.
+    image (K, H, W) guide, logits (C, H, W)."""
+    image, logits = image.double(), logits.double()
+    _, H, W = image.shape
+    rows, cols = torch.arange(H), torch.arange(W)
+
+    def at(x, dy, dx):  # x seen from the pixel (dy, dx) away, borders repeated
+        return x[:, (rows + dy).clamp(0, H - 1)][:, :, (cols + dx).clamp(0, W - 1)]
+
+    window, neighbours = [], []
+    for d in dilations:
+        for ky in (-1, 0, 1):
+            for kx in (-1, 0, 1):
+                window.append(at(image, ky * d, kx * d))
+                if (ky, kx) != (0, 0):
+                    neighbours.append((ky * d, kx * d))
+    stack = torch.stack(window)  # (9·len(dilations), K, H, W)
+    n = stack.shape[0]
+    mean = stack.sum(0) / n
+    sigma = (((stack - mean) ** 2).sum(0) / (n - 1)).sqrt()  # unbiased
+    scores = []
+    for dy, dx in neighbours:
+        diff = (image - at(image, dy, dx)).abs() / (1e-8 + 0.1 * sigma)
+        scores.append(-diff.mean(0))
+    scores = torch.stack(scores)
+    weights = torch.exp(scores - scores.max(0).values)
+    weights = weights / weights.sum(0)
+    for _ in range(steps):
+        new = torch.zeros_like(logits)
+        for (dy, dx), w in zip(neighbours, weights):
+            new += w * at(logits, dy, dx)
+        logits = new
+    return logits.float()

@@ -86,7 +86,9 @@ def _fake_result(rgb):
     return SegmentationResult(labels, probs, ("a", "b"), (("a",), ("b",)), {})
 
 
-def test_pipeline_keeps_input_order_and_groups(tmp_path):
+@pytest.mark.parametrize("io_threads", [1, 3])
+def test_pipeline_keeps_input_order_and_groups(tmp_path, io_threads):
+    """Several decoder and writer threads (as beside a GPU) keep the order and grouping."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(7):
@@ -100,7 +102,11 @@ def test_pipeline_keeps_input_order_and_groups(tmp_path):
         return [_fake_result(p) for p in payloads]
 
     opts = OutputOptions(out_dir=tmp_path / "out")
-    outcomes = list(stream_items(scan.items, segment_batch, opts, images_per_group=3, prefetch=2))
+    outcomes = list(
+        stream_items(
+            scan.items, segment_batch, opts, images_per_group=3, prefetch=2, io_threads=io_threads
+        )
+    )
     assert [o.item.display for o in outcomes] == [str(src / f"im{i}.png") for i in range(7)]
     done, failed = ItemStatus.DONE, ItemStatus.FAILED
     assert [o.status for o in outcomes] == [done] * 3 + [failed] + [done] * 3

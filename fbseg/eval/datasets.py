@@ -33,19 +33,21 @@ class Layout:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One benchmark: its files, and the reference protocol for it as the settings that differ
-    from ``SegmentConfig``'s defaults (``protocol_overrides``, field → value pairs)."""
+    """One benchmark: its files, class count and label encoding. The protocol it is run with
+    comes from a preset (``fbseg.presets``: the FSA reference's by default)."""
 
     name: str
     title: str
     layout: Layout
     num_classes: int
     reduce_zero_label: bool
-    protocol_overrides: tuple[tuple[str, float | int], ...] = ()
 
-    def config(self, base: SegmentConfig = DEFAULTS) -> SegmentConfig:
-        """``base`` (a Segmenter's config: FSA on/off, λ) with this dataset's protocol."""
-        return base.replace(**dict(self.protocol_overrides))
+    def config(self, base: SegmentConfig = DEFAULTS, preset: str | None = None) -> SegmentConfig:
+        """``base`` (a Segmenter's config: FSA on/off, λ) with the preset's protocol for this
+        dataset (default preset: the FSA reference's)."""
+        from fbseg.presets import DEFAULT_PRESET, PRESETS
+
+        return PRESETS.get(preset or DEFAULT_PRESET).config(self.name, base)
 
     @property
     def names_file(self) -> str:
@@ -110,7 +112,6 @@ for _spec in (
         VOC,
         21,
         reduce_zero_label=False,
-        protocol_overrides=(("prob_threshold", 0.2),),
     ),
     DatasetSpec(
         "voc20", "Pascal VOC 2012 (20 classes, no background)", VOC, 20, reduce_zero_label=True
@@ -121,7 +122,6 @@ for _spec in (
         CONTEXT,
         60,
         reduce_zero_label=False,
-        protocol_overrides=(("prob_threshold", 0.14),),
     ),
     DatasetSpec(
         "context59",
@@ -136,7 +136,6 @@ for _spec in (
         COCO_OBJECT,
         81,
         reduce_zero_label=False,
-        protocol_overrides=(("prob_threshold", 0.3),),
     ),
     DatasetSpec(
         "coco-stuff", "COCO-Stuff 164k (171 classes)", COCO_STUFF, 171, reduce_zero_label=False
@@ -147,7 +146,6 @@ for _spec in (
         CITYSCAPES,
         19,
         reduce_zero_label=False,
-        protocol_overrides=(("short_side", 448), ("window", 224), ("stride", 80)),
     ),
     DatasetSpec(
         "ade20k",
@@ -155,7 +153,6 @@ for _spec in (
         ADE20K,
         150,
         reduce_zero_label=True,
-        protocol_overrides=(("short_side", 448),),
     ),
 ):
     DATASETS.register(_spec.name, _spec)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fbseg.models.pos_embed import resize_pos_table
+from fbseg.models.pos_embed import cached_pos_table, resize_pos_table
 from fbseg.models.proxy_specs import PosResize
 
 
 def clip_position_table(visual: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
     """(1+N, D): CLS position kept, the patch table resized in the "+0.1" form."""
     pos = visual.positional_embedding
-    patch = resize_pos_table(pos[1:].unsqueeze(0), grid, PosResize.PLUS01)[0]
-    return torch.cat([pos[:1], patch], dim=0)
+
+    def build() -> torch.Tensor:
+        patch = resize_pos_table(pos[1:].unsqueeze(0), grid, PosResize.PLUS01)[0]
+        return torch.cat([pos[:1], patch], dim=0)
+
+    return cached_pos_table(visual, pos, grid, build)
 
 
 def run_to_last_block(visual: nn.Module, images: torch.Tensor):

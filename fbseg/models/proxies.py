@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
-from fbseg.models.pos_embed import resize_pos_table
+from fbseg.models.pos_embed import cached_pos_table, resize_pos_table
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES, PosResize, ProxyInput, ProxySpec  # noqa: F401
 from fbseg.models.weights import fetch_pretrained, load_into, read_state_dict
 
@@ -46,7 +46,8 @@ def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: PosResize) 
     prefix = model.num_prefix_tokens
     pos = model.pos_embed
     has_prefix_pos = not getattr(model, "no_embed_class", False) and prefix > 0
-    patch_pos = resize_pos_table(pos[:, prefix:] if has_prefix_pos else pos, grid, pos_mode)
+    table = pos[:, prefix:] if has_prefix_pos else pos
+    patch_pos = cached_pos_table(model, pos, grid, lambda: resize_pos_table(table, grid, pos_mode))
     tokens = tokens + patch_pos.to(tokens.dtype)
     extra = []
     if model.cls_token is not None:

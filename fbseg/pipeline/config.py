@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 
 from fbseg.errors import ConfigError
+
+
+class Refinement(str, Enum):
+    """Post-processing of the per-name logits at the image size."""
+
+    NONE = "none"
+    PAMR = "pamr"  # pixel-adaptive mask refinement (SCLIP's and NACLIP's pamr.py)
 
 
 @dataclass(frozen=True)
@@ -19,21 +27,33 @@ class SegmentConfig:
 
     short_side:     mmseg's keep-ratio resize: the short side to this, the long side at most
                     2048; None keeps the image's size.
-    window, stride: the sliding window over the resized image, in pixels.
+    window, stride: the sliding window over the resized image, in pixels; window None runs
+                    the whole image at once, unpadded (NACLIP's mode for VOC).
     logit_scale:    cosine logits × this before the softmax over names.
     prob_threshold: pixels whose top class probability is below this go to class 0 (the
                     reference's ``prob_thd``; 0 disables it).
     feedback:       FSA on (the host's attention replaced by A') or off (the host alone).
     lam:            FSA's λ; None takes the backbone's or the proxy's from their registries.
+    refine:         PAMR on the per-name logits at the image size, with ``pamr_steps``
+                    iterations over the neighbours at ``pamr_dilations``.
+    area_threshold: SCLIP's ``area_thd``: a class other than 0 whose predicted area is not
+                    above this share of all such area has its probabilities zeroed.
+    renormalize:    probabilities divided by their sum over classes after the name → class
+                    maximum (NACLIP's; changes probabilities, never labels).
     """
 
     short_side: int | None = 336
-    window: int = 336
+    window: int | None = 336
     stride: int = 112
     logit_scale: float = 40.0
     prob_threshold: float = 0.0
     feedback: bool = True
     lam: float | None = None
+    refine: Refinement = Refinement.NONE
+    pamr_steps: int = 10
+    pamr_dilations: tuple[int, ...] = (8, 16)
+    area_threshold: float | None = None
+    renormalize: bool = False
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -47,6 +67,16 @@ class SegmentConfig:
             raise ConfigError(
                 f"unknown setting {unknown[0]!r}; known: {', '.join(self.field_names())}"
             )
+        if "refine" in values:
+            try:
+                values["refine"] = Refinement(values["refine"])
+            except ValueError:
+                choices = " or ".join(r.value for r in Refinement)
+                raise ConfigError(
+                    f"unknown refinement {values['refine']!r}; use {choices}"
+                ) from None
+        if "pamr_dilations" in values:
+            values["pamr_dilations"] = tuple(int(d) for d in values["pamr_dilations"])
         return dataclasses.replace(self, **values) if values else self
 
     def with_flags(self, **flags) -> SegmentConfig:
@@ -55,26 +85,45 @@ class SegmentConfig:
 
     def check(self, patch: int) -> None:
         """Fail early, with the setting named, on values no window loop can use."""
-        if self.window < patch or self.stride < 1:
-            raise ConfigError(f"window must be ≥ the patch size ({patch}) and stride ≥ 1")
-        if self.stride > self.window:
-            raise ConfigError("stride larger than the window leaves pixels uncovered")
+        if self.window is not None:
+            if self.window < patch or self.stride < 1:
+                raise ConfigError(f"window must be ≥ the patch size ({patch}) and stride ≥ 1")
+            if self.stride > self.window:
+                raise ConfigError("stride larger than the window leaves pixels uncovered")
         if self.logit_scale <= 0:
             raise ConfigError("logit scale must be positive")
         if self.short_side is not None and self.short_side < patch:
             raise ConfigError(f"short side must be ≥ the patch size ({patch})")
         if not 0.0 <= self.prob_threshold <= 1.0:
             raise ConfigError("the probability threshold must lie in [0, 1]")
+        if self.refine is Refinement.PAMR and self.pamr_steps < 1:
+            raise ConfigError("--pamr-steps must be at least 1")
+        if not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ConfigError("--pamr-dilations takes positive whole numbers, e.g. 8,16")
+        if self.area_threshold is not None and not 0.0 <= self.area_threshold < 1.0:
+            raise ConfigError("the area threshold must lie in [0, 1)")
 
     def protocol(self) -> dict:
-        """The settings that shape the output besides FSA's (for reports and cache keys)."""
-        return {
+        """The settings that shape the output besides FSA's (for reports and cache keys);
+        the refinement and post-processing steps only when they are on."""
+        out = {
             "short_side": self.short_side,
             "window": self.window,
             "stride": self.stride,
             "logit_scale": self.logit_scale,
             "prob_threshold": self.prob_threshold,
         }
+        if self.refine is not Refinement.NONE:
+            out.update(
+                refine=self.refine.value,
+                pamr_steps=self.pamr_steps,
+                pamr_dilations=list(self.pamr_dilations),
+            )
+        if self.area_threshold is not None:
+            out["area_threshold"] = self.area_threshold
+        if self.renormalize:
+            out["renormalize"] = True
+        return out
 
 
 DEFAULTS = SegmentConfig()

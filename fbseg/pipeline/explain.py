@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from fbseg import fsa
 from fbseg.classes import ClassList
 from fbseg.errors import ConfigError
-from fbseg.pipeline.config import SegmentConfig
+from fbseg.pipeline.config import Refinement, SegmentConfig
 from fbseg.pipeline.crop import Capture, crop_logits
 from fbseg.pipeline.window import (
+    boxes_for,
     centred_pad,
     probabilities_and_labels,
     slide,
-    window_boxes,
 )
 
 MAX_AUTO_POINTS = 6
@@ -70,6 +70,7 @@ class Explanation:
     baseline_labels: np.ndarray  # (H, W): the host alone
     feedback_labels: np.ndarray  # (H, W): with FSA
     class_p: np.ndarray  # (K, H, W): FSA's P per class, stitched over windows
+    refined_labels: np.ndarray | None = None  # (H, W): with FSA and the refinement (PAMR)
     _captures: list[Capture] = field(default_factory=list, repr=False)
     _name_to_class: list[int] = field(default_factory=list, repr=False)
 
@@ -186,8 +187,7 @@ def explain(
     """Run FSA once over every window, keeping what each window computed, and read off the
     rows at ``points`` (default: ``auto_points``). ``cfg`` is resolved by the Segmenter
     (FSA is on whatever its ``feedback``: there is nothing to explain without it)."""
-    window, stride, logit_scale = cfg.window, cfg.stride, cfg.logit_scale
-    prob_threshold = cfg.prob_threshold
+    window, stride = cfg.window, cfg.stride
     prepared = segmenter.prepare(image, cfg)
     rgb, img = prepared.rgb, prepared.tensor.to(segmenter.device, segmenter.dtype)
     H, W = rgb.shape[:2]
@@ -218,9 +218,17 @@ def explain(
     stitched = slide(
         img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple, windows_per_forward=1
     ).float()
-    post_args = ((H, W), logit_scale, prob_threshold, classes.name_to_class)
+    plain = cfg.replace(refine=Refinement.NONE)  # the masks before refinement
+    guide = prepared.tensor.to(stitched.device)
+    post_args = ((H, W), plain, classes.name_to_class, guide)
     fb_probs, feedback_labels = probabilities_and_labels(stitched[:C], *post_args)
     _, baseline_labels = probabilities_and_labels(stitched[C : 2 * C], *post_args)
+    refined_labels = None
+    if cfg.refine is not Refinement.NONE:
+        fb_probs, refined = probabilities_and_labels(
+            stitched[:C], (H, W), cfg, classes.name_to_class, guide
+        )
+        refined_labels = refined.cpu().numpy().astype(np.int64)
     P_map = F.interpolate(
         stitched[None, 2 * C :], size=(H, W), mode="bilinear", align_corners=False
     )[0]
@@ -229,10 +237,10 @@ def explain(
     baseline_labels = baseline_labels.cpu().numpy()
 
     h, w = img.shape[1:]
-    boxes = window_boxes(h, w, window, stride)
+    boxes = boxes_for(h, w, window, stride)
     views = []
     for box, cap in zip(boxes, captures):
-        pad = centred_pad(box[1] - box[0], box[3] - box[2], pad_multiple)
+        pad = centred_pad(box[1] - box[0], box[3] - box[2], pad_multiple if window else 1)
         sy, sx = H / h, W / w
         region = (
             (box[0] - pad[2]) * sy,
@@ -250,10 +258,12 @@ def explain(
         baseline_labels.astype(np.int64),
         feedback_labels.astype(np.int64),
         class_p.cpu().numpy().astype(np.float32),
+        refined_labels,
         captures,
         list(classes.name_to_class),
     )
-    chosen = list(points) if points else auto_points(fb_probs.cpu().numpy(), feedback_labels)
+    final_labels = feedback_labels if refined_labels is None else refined_labels
+    chosen = list(points) if points else auto_points(fb_probs.cpu().numpy(), final_labels)
     for x, y in chosen:
         py, px = to_protocol(x, y, (H, W), (h, w))
         wi = pick_window(boxes, py, px)

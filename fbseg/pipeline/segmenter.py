@@ -235,6 +235,7 @@ class Segmenter:
             stride=cfg.stride,
             pad_multiple=self.pad_multiple,
             windows_per_forward=self.windows_per_forward,
+            on_shrink=self._shrink_window_batch,
         )
         t2 = time.perf_counter()
         share = (t2 - t1) / len(prepared)
@@ -243,7 +244,8 @@ class Segmenter:
         for p, logits in zip(prepared, stitched):
             t3 = time.perf_counter()
             baseline = None
-            post_args = (p.rgb.shape[:2], cfg.logit_scale, cfg.prob_threshold, cl.name_to_class)
+            guide = p.tensor.to(logits.device)
+            post_args = (p.rgb.shape[:2], cfg, cl.name_to_class, guide)
             if compare:
                 _, baseline = probabilities_and_labels(logits[C:], *post_args)
                 baseline = baseline.cpu().numpy().astype(np.int64)
@@ -266,6 +268,10 @@ class Segmenter:
                 )
             )
         return results
+
+    def _shrink_window_batch(self, size: int) -> None:
+        """A window batch ran out of memory: later calls start from the size that fitted."""
+        self.windows_per_forward = size
 
     def explain(
         self,
@@ -318,11 +324,7 @@ class Segmenter:
             "proxy": host["proxy"],
             "feedback": cfg.feedback,
             "settings": {
-                "short_side": cfg.short_side,
-                "window": cfg.window,
-                "stride": cfg.stride,
-                "logit_scale": cfg.logit_scale,
-                "prob_threshold": cfg.prob_threshold,
+                **cfg.protocol(),
                 "lam": self.lam_for(cfg) if cfg.feedback else None,
                 "device": str(self.device),
                 "precision": str(self.dtype).replace("torch.", ""),

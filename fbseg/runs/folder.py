@@ -18,6 +18,9 @@ from fbseg.runs.stream import ItemOutcome, ItemStatus, stream_items
 from fbseg.runs.summary import summary_entry, write_run_summary
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 4, 130
+# Decoder and writer threads each beside a GPU (PNG/JPEG coding releases the GIL); on a CPU
+# the model already uses every core.
+IO_THREADS_GPU = 4
 
 
 @dataclass
@@ -115,6 +118,7 @@ def segment_folder(
         stdin_reader=stdin_reader,
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
+        io_threads=IO_THREADS_GPU if engine.device.type == "cuda" else 1,
     )
     while True:
         try:

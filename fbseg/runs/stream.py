@@ -51,15 +51,39 @@ class _Loaded:
 _END = object()
 
 
-def _reader(
-    items: Sequence[InputItem],
+def _load(
+    item: InputItem,
     opts: OutputOptions,
     prepare: Callable[[np.ndarray], object],
     stdin_reader: Callable[[], bytes] | None,
+) -> _Loaded:
+    """One item decoded and prepared, or already decided (outputs exist, unreadable)."""
+    paths = output_paths(item, opts)
+    entry = _Loaded(item, paths)
+    if not opts.overwrite and all(p.exists() for p in paths.values()):
+        entry.outcome = ItemOutcome(
+            item, ItemStatus.SKIPPED, "outputs exist", {k: str(p) for k, p in paths.items()}
+        )
+        return entry
+    try:
+        entry.rgb = read_input(item, stdin_reader)
+        entry.payload = prepare(entry.rgb)
+    except InputError as exc:
+        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
+    except Exception as exc:  # never let one file stop the run
+        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})")
+    return entry
+
+
+def _reader(
+    items: Sequence[InputItem],
+    load: Callable[[InputItem], _Loaded],
+    decoders: ThreadPoolExecutor,
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
-    """Decode and prepare items ahead of the model, in order, into the bounded queue."""
+    """Hand items to the decoder threads in order; their futures go, in order, into the
+    bounded queue (so decoding runs ahead of the model on several threads)."""
 
     def put(obj: object) -> bool:
         while not stop.is_set():
@@ -71,25 +95,7 @@ def _reader(
         return False
 
     for item in items:
-        if stop.is_set():
-            return
-        paths = output_paths(item, opts)
-        entry = _Loaded(item, paths)
-        if not opts.overwrite and all(p.exists() for p in paths.values()):
-            entry.outcome = ItemOutcome(
-                item, ItemStatus.SKIPPED, "outputs exist", {k: str(p) for k, p in paths.items()}
-            )
-        else:
-            try:
-                entry.rgb = read_input(item, stdin_reader)
-                entry.payload = prepare(entry.rgb)
-            except InputError as exc:
-                entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
-            except Exception as exc:  # never let one file stop the run
-                entry.outcome = ItemOutcome(
-                    item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})"
-                )
-        if not put(entry):
+        if stop.is_set() or not put(decoders.submit(load, item)):
             return
     put(_END)
 
@@ -113,6 +119,27 @@ def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> I
     )
 
 
+def _segment_group(todo: list[_Loaded], segment_batch: Callable[[list], list]) -> list[tuple]:
+    """(entry, result or failed outcome) for each entry. A group that fails for an image's
+    sake (InputError: a window too large for the device) is retried image by image, so only
+    that image fails."""
+    if not todo:
+        return []
+    try:
+        return list(zip(todo, segment_batch([e.payload for e in todo])))
+    except InputError as exc:
+        if len(todo) == 1:
+            return [
+                (
+                    todo[0],
+                    ItemOutcome(
+                        todo[0].item, ItemStatus.FAILED, f"{todo[0].item.display}: {exc.one_line()}"
+                    ),
+                )
+            ]
+    return [pair for entry in todo for pair in _segment_group([entry], segment_batch)]
+
+
 def stream_items(
     items: Sequence[InputItem],
     segment_batch: Callable[[list], list[SegmentationResult]],
@@ -122,21 +149,28 @@ def stream_items(
     prepare: Callable[[np.ndarray], object] = lambda rgb: rgb,
     images_per_group: int = 1,
     prefetch: int = 4,
+    io_threads: int = 1,
 ) -> Iterator[ItemOutcome]:
     """Segment and write each item, in order; a bad item is reported and the run goes on.
 
-    Three stages overlap: a reader thread decodes and ``prepare``s up to ``prefetch`` items
-    ahead, the caller's thread runs ``segment_batch`` on groups of ``group_size`` prepared
-    images, and a writer thread renders and writes outputs. An item whose outputs all exist
+    Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` up to
+    ``prefetch`` items ahead (in order), the caller's thread runs ``segment_batch`` on groups
+    of ``images_per_group`` prepared images, and ``io_threads`` writer threads render and
+    write outputs. An item whose outputs all exist
     is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
     finished and reported, then KeyboardInterrupt is raised again.
     """
-    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch, 2 * io_threads))
     stop = threading.Event()
+    decoders = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-read")
+
+    def load(item: InputItem) -> _Loaded:
+        return _load(item, opts, prepare, stdin_reader)
+
     reader = threading.Thread(
-        target=_reader, daemon=True, args=(items, opts, prepare, stdin_reader, loaded, stop)
+        target=_reader, daemon=True, args=(items, load, decoders, loaded, stop)
     )
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-write")
+    writer = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-write")
     in_flight: list[_Loaded] = []
 
     def finished(entry: _Loaded) -> ItemOutcome:
@@ -149,16 +183,17 @@ def stream_items(
         while not ended:
             group: list[_Loaded] = []
             while sum(e.outcome is None for e in group) < images_per_group:
-                entry = loaded.get()
-                if entry is _END:
+                pending = loaded.get()
+                if pending is _END:
                     ended = True
                     break
-                group.append(entry)
+                group.append(pending.result())
             todo = [e for e in group if e.outcome is None]
-            if todo:
-                results = segment_batch([e.payload for e in todo])
-                for entry, result in zip(todo, results):
-                    entry.payload = None  # free the prepared tensor early
+            for entry, result in _segment_group(todo, segment_batch):
+                entry.payload = None  # free the prepared tensor early
+                if isinstance(result, ItemOutcome):
+                    entry.outcome = result
+                else:
                     entry.write = writer.submit(_write, entry, result, opts)
             while in_flight:  # the previous group's writes ran while the model worked
                 yield finished(in_flight.pop(0))
@@ -169,6 +204,7 @@ def stream_items(
         interrupted = True
     finally:
         stop.set()
+        decoders.shutdown(wait=False, cancel_futures=True)
         writer.shutdown(wait=True)
     if interrupted:
         for entry in in_flight:

@@ -99,6 +99,11 @@ def page_data(exp, budget: int = PAGE_BUDGET) -> dict:
         "image": _jpeg(view),
         "baseline": _png(small(blend(exp.rgb, exp.baseline_labels, colours, 0.6))),
         "feedback": _png(small(blend(exp.rgb, exp.feedback_labels, colours, 0.6))),
+        "refined": (
+            None
+            if exp.refined_labels is None
+            else _png(small(blend(exp.rgb, exp.refined_labels, colours, 0.6)))
+        ),
         "class_p": [
             _png(colormap(np.asarray(Image.fromarray(exp.class_p[k]).resize((vw, vh))), 0.0, 1.0))
             for k in range(len(exp.classes))
@@ -134,6 +139,7 @@ canvas{border:1px solid #ccc;image-rendering:pixelated}
 <label><input type="radio" name="mask" value="none" checked> none</label>
 <label><input type="radio" name="mask" value="baseline"> host only</label>
 <label><input type="radio" name="mask" value="feedback"> with FSA</label>
+<label id="refined-choice" hidden><input type="radio" name="mask" value="refined"> with FSA + PAMR</label>
 &nbsp; P map of class: <select id="cls"><option value="-1">(none)</option></select></div>
 <div id="info">point: –</div>
 <div class="row">
@@ -153,6 +159,7 @@ function bytes(b64){const s=atob(b64);const a=new Uint8Array(s.length);for(let i
 for (const w of D.windows){for (const k of ["attn","feedback","final","p"]) w[k+"_u8"]=bytes(w[k]);}
 function img(src){const i=new Image();i.src=src;return i;}
 const base=img(D.image), masks={baseline:img(D.baseline),feedback:img(D.feedback)}, pmaps=D.class_p.map(img);
+if(D.refined){masks.refined=img(D.refined);document.getElementById("refined-choice").hidden=false;}
 const sel=document.getElementById("cls");
 D.classes.forEach((c,k)=>{const o=document.createElement("option");o.value=k;o.textContent=c;sel.appendChild(o);});
 const cv={};for(const id of ["main","attn","feedback","final"]){cv[id]=document.getElementById(id);cv[id].width=VW;cv[id].height=VH;}

@@ -177,15 +177,24 @@ def explain_sheet(exp, title: str = "") -> Image.Image:
         np.bincount(exp.feedback_labels.ravel(), minlength=len(exp.classes))
         / exp.feedback_labels.size
     )
-    canvas.add(
-        [
-            ("image + query points", marked),
-            ("host only", base),
-            ("with FSA", fb),
-            (f"changed pixels ({100 * changed:.1f}%)", diff),
-            ("classes (FSA area)", legend_panel(list(exp.classes), colours, fractions, size[0])),
-        ]
+    top_row = [
+        ("image + query points", marked),
+        ("host only", base),
+        ("with FSA", fb),
+        (f"changed pixels ({100 * changed:.1f}%)", diff),
+    ]
+    if exp.refined_labels is not None:
+        refined = _panel(blend(exp.rgb, exp.refined_labels, colours, 0.6), size)
+        top_row.append(("with FSA + PAMR", refined))
+        fractions = (
+            np.bincount(exp.refined_labels.ravel(), minlength=len(exp.classes))
+            / exp.refined_labels.size
+        )
+    area = "FSA" if exp.refined_labels is None else "FSA + PAMR"
+    top_row.append(
+        (f"classes ({area} area)", legend_panel(list(exp.classes), colours, fractions, size[0]))
     )
+    canvas.add(top_row)
 
     for j, p in enumerate(exp.points):
         region = exp.windows[p.window].region

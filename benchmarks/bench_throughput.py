@@ -1,0 +1,226 @@
+"""Throughput on the device at hand (GPU or CPU): model-only images/s at several images per
+call, the reference form, `segment_folder` end to end (plain, --overlay, --masks per-class,
+--save-probs), peak memory, achieved TFLOP/s from a FLOP count, and the top kernels of a
+profile. One process, one device: compare rows of one run only.
+
+Without --checkpoint/--proxy-checkpoint, random ViT-B-16 (QuickGELU, as ViT-B-16/openai) and
+DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks meaningless.
+
+    python benchmarks/bench_throughput.py [--device cuda] [--images 64] [--batches 1 4 16]
+        [--hosts proxyclip naclip] [--json out.json]
+    python benchmarks/bench_throughput.py --device cpu --images 4 --batches 1 2 --hosts naclip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_pipeline import _random_weights, make_folder  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _segmenter(args, host: str, reference: bool = False):
+    from fbseg.pipeline.segmenter import Segmenter
+
+    if reference:
+        import fbseg.pipeline.crop
+
+        import reference_form
+
+        fbseg.pipeline.crop.fsa.feedback_attention = reference_form.feedback_attention
+        fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
+    seg = Segmenter.from_pretrained(
+        "ViT-B-16",
+        pretrained="openai",
+        checkpoint=args.checkpoint,
+        host=host,
+        proxy="dino",
+        proxy_checkpoint=args.proxy_checkpoint,
+        device=args.device,
+        precision=args.precision,
+    )
+    if reference:
+        seg.windows_per_forward = 1
+    return seg
+
+
+def _restore_fsa() -> None:
+    import importlib
+
+    import fbseg.fsa
+    import fbseg.pipeline.crop
+
+    fbseg.pipeline.crop.fsa = importlib.reload(fbseg.fsa)
+
+
+def model_only(seg, prepared, classes, per_call: int) -> dict:
+    """Images/s of segment_batch on prepared images, per_call images per call (warm)."""
+    seg.segment_batch(prepared[:per_call], classes)  # warm-up: kernels, caches, text
+    _sync(seg.device)
+    _reset_peak(seg.device)
+    t0 = time.perf_counter()
+    for start in range(0, len(prepared), per_call):
+        seg.segment_batch(prepared[start : start + per_call], classes)
+    _sync(seg.device)
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": len(prepared) / seconds, "peak_mb": _peak_mb(seg.device)}
+
+
+def flops_per_image(seg, prepared, classes) -> float:
+    """FLOPs of one image's segmentation, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        seg.segment_batch(prepared[:1], classes)
+    return float(counter.get_total_flops())
+
+
+def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if seg.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        seg.segment_batch(prepared[:per_call], classes)
+        _sync(seg.device)
+    key = "device_time_total" if seg.device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    return [{"kernel": e.key[:60], "share": getattr(e, key, 0) / total} for e in events[:n]]
+
+
+def end_to_end(seg, folder: Path, classes, out: Path, per_call: int, **outputs) -> dict:
+    from fbseg.runs.folder import segment_folder
+    from fbseg.runs.outputs import OutputOptions
+
+    opts = OutputOptions(out_dir=out, class_labels=classes.labels, overwrite=True, **outputs)
+    segment_folder(seg, [str(folder)], classes, opts, images_per_group=per_call)  # warm-up run
+    _sync(seg.device)
+    t0 = time.perf_counter()
+    run = segment_folder(seg, [str(folder)], classes, opts, images_per_group=per_call)
+    _sync(seg.device)
+    return {"images_per_s": run.done_here / (time.perf_counter() - t0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--hosts", nargs="+", default=["proxyclip", "naclip"])
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--proxy-checkpoint")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from fbseg.eval.datasets import DATASETS
+
+    tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
+    if not (args.checkpoint and args.proxy_checkpoint):
+        args.checkpoint, args.proxy_checkpoint = _random_weights(tmp)
+    folder = tmp / "images"
+    make_folder(folder, args.images)
+    classes = DATASETS.get("voc21").classes()  # 21 classes, 46 names
+    report: dict = {"rows": [], "kernels": {}}
+    for host in args.hosts:
+        seg = _segmenter(args, host)
+        device = seg.device
+        prepared = [seg.prepare(p) for p in sorted(folder.glob("*.jpg"))]
+        flops = flops_per_image(seg, prepared, classes)
+        best = 0.0
+        for per_call in args.batches:
+            r = model_only(seg, prepared, classes, per_call)
+            best = max(best, r["images_per_s"])
+            report["rows"].append(
+                {
+                    "host": host,
+                    "what": f"model only, {per_call}/call",
+                    **r,
+                    "tflops": flops * r["images_per_s"] / 1e12,
+                }
+            )
+        report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
+        default_group = 4 if device.type == "cuda" else 1
+        for label, outputs in (
+            ("segment DIR", {}),
+            ("segment DIR --overlay", {"overlay": True}),
+            ("segment DIR --masks per-class", {"masks": "per-class"}),
+            ("segment DIR --save-probs", {"save_probs": True}),
+        ):
+            if "masks" in outputs:
+                from fbseg.runs.outputs import MaskMode
+
+                outputs = {"masks": MaskMode.PER_CLASS}
+            r = end_to_end(seg, folder, classes, tmp / "out", default_group, **outputs)
+            report["rows"].append(
+                {
+                    "host": host,
+                    "what": f"{label} (group {default_group})",
+                    **r,
+                    "of_model": r["images_per_s"] / best,
+                }
+            )
+        del seg
+        if not args.no_reference:
+            ref = _segmenter(args, host, reference=True)
+            r = model_only(ref, prepared[: max(4, len(prepared) // 4)], classes, 1)
+            report["rows"].append({"host": host, "what": "reference form, 1/call", **r})
+            del ref
+            _restore_fsa()
+        report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
+    report["device"] = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {report['device']}; {args.images} images of 300–600 px; VOC21's 46 names; "
+        "random weights unless --checkpoint"
+    )
+    print(f"{'host':<10} {'what':<42} {'img/s':>8} {'peak MB':>8} {'TFLOP/s':>8} {'of model':>8}")
+    for r in report["rows"]:
+        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
+        tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
+        of = f"{r['of_model']:.2f}×" if "of_model" in r else ""
+        print(
+            f"{r['host']:<10} {r['what']:<42} {r['images_per_s']:>8.2f} {peak:>8} {tf:>8} {of:>8}"
+        )
+    for host, flops in report["flops_per_image"].items():
+        print(f"{host}: {flops / 1e12:.3f} TFLOP per image (FlopCounterMode)")
+    for host, kernels in report["kernels"].items():
+        print(
+            f"top kernels, {host}: "
+            + "; ".join(f"{k['kernel']} {100 * k['share']:.0f}%" for k in kernels[:5])
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

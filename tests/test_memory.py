@@ -1,0 +1,88 @@
+"""Out of device memory: a window batch is halved and retried with the same results; a single
+window that does not fit fails its image with one line and the run goes on. Faults are
+injected at the model call (no GPU here)."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fbseg.pipeline.config import SegmentConfig
+from fbseg.pipeline.segmenter import Segmenter
+
+from conftest import TINY, random_image
+from helpers import with_text
+
+
+def _oom_when(monkeypatch, too_big):
+    """Make the crop model raise CUDA's out-of-memory error for crops ``too_big`` says."""
+    import fbseg.pipeline.segmenter as segmod
+
+    real = segmod.crop_logits
+    seen = []
+
+    def guarded(model, crops, *a, **k):
+        seen.append(tuple(crops.shape))
+        if too_big(crops):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, crops, *a, **k)
+
+    monkeypatch.setattr(segmod, "crop_logits", guarded)
+    return seen
+
+
+def test_batch_halved_on_out_of_memory_gives_the_same_result(tiny_clip, monkeypatch):
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        precision="fp32",
+        windows_per_forward=8,
+    )
+    classes = "cat,sofa; couch,floor"
+    with_text(seg, ["cat", "sofa", "couch", "floor"], 32)
+    images = [random_image(70, 130, seed=i) for i in range(3)]  # 3 windows of 64² each
+    kw = dict(short_side=64, window=64, stride=32)
+    expected = seg.segment_batch(images, classes, **kw)
+    seen = _oom_when(monkeypatch, lambda crops: crops.shape[0] > 2)
+    got = seg.segment_batch(images, classes, **kw)
+    assert [s[0] for s in seen] == [8, 4, 2, 2, 2, 2, 1]  # 9 windows: halved twice, then 2s
+    assert seg.windows_per_forward == 2  # later calls start from what fitted
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-5)
+
+
+def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, tmp_path):
+    from fbseg.classes import parse_classes
+    from fbseg.runs.folder import segment_folder
+    from fbseg.runs.outputs import OutputOptions
+    from fbseg.runs.stream import ItemStatus
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(random_image(64, 160, seed=1)).save(src / "wide.png")
+    Image.fromarray(random_image(64, 64, seed=2)).save(src / "square.png")
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        precision="fp32",
+        config=SegmentConfig(short_side=None, window=None),
+    )  # whole images
+    with_text(seg, ["a", "b"], 32)
+    _oom_when(monkeypatch, lambda crops: crops.shape[-1] > 100)
+    classes = parse_classes("a,b")
+    run = segment_folder(
+        seg,
+        [str(src)],
+        classes,
+        OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels),
+        images_per_group=2,
+    )
+    status = {o.item.path.name: o for o in run.outcomes}
+    assert status["square.png"].status is ItemStatus.DONE
+    assert status["wide.png"].status is ItemStatus.FAILED
+    reason = status["wide.png"].reason
+    assert "64×160 window does not fit" in reason and "\n" not in reason
+    assert run.exit_code == 4 and (tmp_path / "out" / "square.mask.png").exists()
