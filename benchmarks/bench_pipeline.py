@@ -45,12 +45,9 @@ def _segmenter(args, host: str, feedback: bool, reference: bool, cache: Path | N
     from fbseg.pipeline.segmenter import Segmenter
 
     if reference:
-        import fbseg.pipeline.crop
-
         import reference_form
 
-        fbseg.pipeline.crop.fsa.feedback_attention = reference_form.feedback_attention
-        fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
+        reference_form.install()
     if cache is not None:
         os.environ["FBSEG_CACHE"] = str(cache)
     seg = Segmenter.from_pretrained(

@@ -35,3 +35,20 @@ def ensemble_apply(A, A_fb: torch.Tensor, v: torch.Tensor, Av=None) -> torch.Ten
     A_h = A.expand(B, h, N, N).flatten(0, 1)
     ens = (torch.bmm(fb, A_h) + torch.bmm(A_h, fb) + fb) / 3.0
     return torch.bmm(ens, v.flatten(0, 1)).view(B, h, N, d)
+
+
+def install() -> None:
+    """Make fbseg's crop model use this form of FSA (for the "reference form" rows)."""
+    import fbseg.fsa
+
+    fbseg.fsa.feedback_attention = feedback_attention
+    fbseg.fsa.ensemble_apply = ensemble_apply
+
+
+def restore() -> None:
+    """fbseg's own FSA again."""
+    import importlib
+
+    import fbseg.fsa
+
+    importlib.reload(fbseg.fsa)
