@@ -38,7 +38,8 @@ class Preset:
         return base.replace(**dict(self.overrides)).replace(**dict(own))
 
 
-PAMR_ON = (("refine", Refinement.PAMR), ("pamr_steps", 10), ("pamr_dilations", (8, 16)))
+# NACLIP's evaluation runs PAMR with 10 steps and dilations (8, 16): SegmentConfig's defaults.
+PAMR_ON = (("refine", Refinement.PAMR),)
 
 PRESETS: Registry[Preset] = Registry("preset")
 for _preset in (
