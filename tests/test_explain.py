@@ -176,17 +176,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
     CHROMIUM is None or shutil.which("chromedriver") is None,
     reason="needs Debian's chromium and chromium-driver (installed by .ci/run)",
 )
-def test_html_page_in_a_real_headless_browser(explained, tmp_path):
+def _headless_chromium(tmp_path):
     from selenium import webdriver
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    from fbseg.viz.page import explain_html
-
-    _, rgb, _, exp = explained
-    page = tmp_path / "page.html"
-    page.write_text(explain_html(exp, "test page"))
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in (
@@ -201,9 +193,22 @@ def test_html_page_in_a_real_headless_browser(explained, tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         opts.add_argument(flag)
-    driver = webdriver.Chrome(
+    return webdriver.Chrome(
         options=opts, service=webdriver.ChromeService(shutil.which("chromedriver"))
     )
+
+
+def test_html_page_in_a_real_headless_browser(explained, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fbseg.viz.page import explain_html
+
+    _, rgb, _, exp = explained
+    page = tmp_path / "page.html"
+    page.write_text(explain_html(exp, "test page"))
+    driver = _headless_chromium(tmp_path)
     try:
         driver.get(page.as_uri())
         WebDriverWait(driver, 20).until(
@@ -231,5 +236,37 @@ def test_html_page_in_a_real_headless_browser(explained, tmp_path):
         before = driver.execute_script("return document.getElementById('main').toDataURL()")
         driver.find_element(By.CSS_SELECTOR, "input[value=feedback]").click()
         assert driver.execute_script("return document.getElementById('main').toDataURL()") != before
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and shutil.which("chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+def test_html_page_offers_the_refined_mask(explained, tmp_path):
+    """With PAMR the page offers a third mask, which draws differently from the FSA one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fbseg.viz.page import explain_html
+
+    seg, rgb, classes, _ = explained
+    exp = seg.explain(rgb, classes, None, refine="pamr", pamr_dilations=(1, 2), **KW)
+    assert (exp.refined_labels != exp.feedback_labels).any()
+    page = tmp_path / "page.html"
+    page.write_text(explain_html(exp, "refined"))
+    driver = _headless_chromium(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script("return document.body.dataset.ready")
+        )
+        assert driver.find_element(By.ID, "refined-choice").is_displayed()
+        canvas = "return document.getElementById('main').toDataURL()"
+        driver.find_element(By.CSS_SELECTOR, "input[value=feedback]").click()
+        fsa_only = driver.execute_script(canvas)
+        driver.find_element(By.CSS_SELECTOR, "input[value=refined]").click()
+        assert driver.execute_script(canvas) != fsa_only
     finally:
         driver.quit()
