@@ -83,12 +83,13 @@ class SegmentationResult:
             ],
         }
 
-    def to_json(self) -> dict:
+    def to_json(self, classes: list[ClassSummary] | None = None) -> dict:
+        """The per-image JSON; ``classes`` is ``summary()`` if already computed."""
         h, w = self.image_size
         out = {
             "schema_version": 1,
             "image_size": {"height": h, "width": w},
-            "classes": [s.to_dict() for s in self.summary()],
+            "classes": [s.to_dict() for s in (classes or self.summary())],
             **self.meta,
         }
         if self.baseline_labels is not None:

@@ -71,7 +71,8 @@ def render_outputs(
 ) -> dict[str, bytes]:
     """The bytes of every output file of one image (nothing written yet)."""
     colours = palette(len(result.classes))
-    summary = result.to_json()
+    classes = result.summary()  # once: the JSON and the overlay's legend both use it
+    summary = result.to_json(classes)
     summary["input"] = item.display
     summary["palette"] = colours.tolist()
     out = {
@@ -79,7 +80,7 @@ def render_outputs(
         "json": (json.dumps(summary, indent=2) + "\n").encode(),
     }
     if opts.overlay:
-        fractions = [c.pixel_fraction for c in result.summary()]
+        fractions = [c.pixel_fraction for c in classes]
         out["overlay"] = png_bytes(
             overlay(
                 rgb,
@@ -88,7 +89,8 @@ def render_outputs(
                 opts.opacity,
                 legend=list(result.classes),
                 fractions=fractions,
-            )
+            ),
+            fast=True,
         )
     if opts.save_probs:
         buf = io.BytesIO()
@@ -99,7 +101,7 @@ def render_outputs(
     if opts.compare and result.baseline_labels is not None:
         out["baseline"] = indexed_png(result.baseline_labels, colours)
         out["diff"] = png_bytes(
-            Image.fromarray(disagreement(rgb, result.baseline_labels, result.labels))
+            Image.fromarray(disagreement(rgb, result.baseline_labels, result.labels)), fast=True
         )
     if opts.masks is MaskMode.PER_CLASS:
         for k in range(len(result.classes)):

@@ -38,7 +38,16 @@ def binary_png(mask: np.ndarray) -> bytes:
     return png_bytes(Image.fromarray(np.asarray(mask, dtype=bool)).convert("1"))
 
 
-def png_bytes(img: Image.Image) -> bytes:
+# zlib level for pictures meant for viewing (overlays, diffs): level 1 encodes a 640×400 RGB
+# overlay about 3× faster than the default 6 for a file about 10% larger; masks keep the default.
+FAST_PNG_LEVEL = 1
+
+
+def png_bytes(img: Image.Image, fast: bool = False) -> bytes:
+    """PNG bytes of ``img``; ``fast`` trades a little size for encoding speed."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    if fast:
+        img.save(buf, format="PNG", compress_level=FAST_PNG_LEVEL)
+    else:
+        img.save(buf, format="PNG")
     return buf.getvalue()
