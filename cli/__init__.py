@@ -62,5 +62,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except FbsegError as exc:  # raised outside a command's own handling
-        err.print(f"[red]error:[/red] {exc.one_line()}", soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(exc.one_line())}", soft_wrap=True)
         sys.exit(exc.exit_code)

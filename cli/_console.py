@@ -13,8 +13,9 @@ err = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int) -> NoReturn:  # noqa: F821
     import typer
+    from rich.markup import escape
 
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fbseg.engines import DEFAULT_ENGINE, ENGINES
 from fbseg.hosts import DEFAULT_HOST, HOSTS
 from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
@@ -20,13 +21,25 @@ MODEL, OUTPUT, PERF, PROTOCOL = "Model", "Output", "Performance", "Protocol"
 
 _TAGS = ", ".join(f"{name}: {spec.pretrained}" for name, spec in BACKBONES)
 
+EngineOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--engine",
+        help=f"{' | '.join(ENGINES.names())} (default {DEFAULT_ENGINE}): CLIP + host + FSA, or "
+        "SAM 3's semantic head (needs fbseg[sam3] and the gated facebook/sam3 weights, or "
+        "--checkpoint DIR written by Sam3Model.save_pretrained).",
+        rich_help_panel=MODEL,
+        show_default=False,
+    ),
+]
 ModelOpt = Annotated[
-    str,
+    Optional[str],
     typer.Option(
         "--model",
         "-m",
-        help=f"open_clip ViT architecture with a class token ({', '.join(BACKBONES.names())}, ...); SigLIP, CLIPA, CoCa, ResNet and timm towers are refused.",
+        help=f"open_clip ViT architecture with a class token ({', '.join(BACKBONES.names())}, ...; default {DEFAULT_BACKBONE}); SigLIP, CLIPA, CoCa, ResNet and timm towers are refused.",
         rich_help_panel=MODEL,
+        show_default=False,
     ),
 ]
 PretrainedOpt = Annotated[
@@ -214,6 +227,7 @@ class ModelChoice:
         """The model flags, the host defaulting to the preset's."""
         values = {k: flags[k] for k in cls.__dataclass_fields__}
         values["host"] = values["host"] or preset.host
+        values["model"] = values["model"] or DEFAULT_BACKBONE
         return cls(**values)
 
     def label(self) -> str:
@@ -250,6 +264,61 @@ def preset_and_config(flags: dict, dataset: str | None = None) -> tuple[Preset, 
     one segment and explain use), overridden by the protocol flags given."""
     preset = PRESETS.get(flags.get("preset") or DEFAULT_PRESET)
     return preset, protocol_flags(flags, preset.config(dataset))
+
+
+# Flags that only the CLIP engine understands (a usage error with any other engine).
+CLIP_ONLY_FLAGS = {
+    "model": "--model",
+    "pretrained": "--pretrained",
+    "host": "--host",
+    "proxy": "--proxy",
+    "proxy_checkpoint": "--proxy-checkpoint",
+    "feedback": "--feedback/--no-feedback",
+    "lam": "--lam",
+    "short_side": "--short-side",
+    "window": "--window",
+    "stride": "--stride",
+    "logit_scale": "--logit-scale",
+    "preset": "--preset",
+    "refine": "--refine",
+    "pamr_steps": "--pamr-steps",
+    "pamr_dilations": "--pamr-dilations",
+    "compare": "--compare",
+}
+
+
+def engine_of(flags: dict) -> str:
+    """The engine named by --engine; with another engine than CLIP, a CLIP-only flag given
+    is a usage error naming it."""
+    from fbseg.errors import ConfigError
+
+    engine = ENGINES.get(flags.get("engine") or DEFAULT_ENGINE).name
+    if engine != DEFAULT_ENGINE:
+        for key, flag in CLIP_ONLY_FLAGS.items():
+            value = flags.get(key)
+            if (value is True) if key == "compare" else (value is not None):
+                raise ConfigError(f"{flag} applies to the clip engine only, not --engine {engine}")
+    return engine
+
+
+def load_engine(
+    engine: str, flags: dict, config: SegmentConfig, *, show: bool, device: str | None = None
+):
+    """The CLIP Segmenter (``load_segmenter``) or another registered engine."""
+    if engine == DEFAULT_ENGINE:
+        preset = PRESETS.get(flags.get("preset") or DEFAULT_PRESET)
+        choice = ModelChoice.from_flags(flags, preset)
+        return load_segmenter(choice, config, show=show, device=device)
+    from ._console import err
+
+    if show:
+        err.print(f"loading {engine} ...")
+    return ENGINES.get(engine).load(
+        checkpoint=flags.get("checkpoint"),
+        config=config,
+        device=device or flags["device"],
+        precision=flags["precision"],
+    )
 
 
 def load_segmenter(

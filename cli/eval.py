@@ -12,16 +12,15 @@ from fbseg.eval.datasets import DATASETS
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
-    DEFAULT_MODEL,
     OUTPUT,
     CheckpointOpt,
     DebugOpt,
     DeviceOpt,
+    EngineOpt,
     FeedbackOpt,
     HostOpt,
     LamOpt,
     LogitScaleOpt,
-    ModelChoice,
     ModelOpt,
     PamrDilationsOpt,
     PamrStepsOpt,
@@ -35,7 +34,8 @@ from ._options import (
     ShortSideOpt,
     StrideOpt,
     WindowOpt,
-    load_segmenter,
+    engine_of,
+    load_engine,
     preset_and_config,
 )
 
@@ -55,7 +55,8 @@ def eval_command(
             "--root", help="Folder holding the dataset (mmseg layout).", show_default=False
         ),
     ],
-    model: ModelOpt = DEFAULT_MODEL,
+    engine: EngineOpt = None,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
     host: HostOpt = None,
@@ -99,14 +100,13 @@ def eval_command(
         from fbseg.runs import distributed
 
         spec = DATASETS.get(dataset)
+        engine_name = engine_of(flags)
         samples = find_samples(spec, root)[:limit]
         # the dataset's protocol, then any protocol flag given explicitly
-        preset, config = preset_and_config(flags, spec.name)
+        _, config = preset_and_config(flags, spec.name)
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
-        seg = load_segmenter(
-            ModelChoice.from_flags(flags, preset), config, show=show, device=dist.device_for(device)
-        )
+        seg = load_engine(engine_name, flags, config, show=show, device=dist.device_for(device))
         mine = dist.shard(samples)
         progress = progress_bar(show)
         with progress:
@@ -140,8 +140,8 @@ def _table(data: dict) -> None:
     from rich.table import Table
 
     t = Table(
-        title=f"{data['dataset']} — {data['images']} images, {data['host']}"
-        f"{' + FSA' if data['feedback'] else ''}"
+        title=f"{data['dataset']} — {data['images']} images, {data.get('host', data.get('engine'))}"
+        f"{' + FSA' if data.get('feedback') else ''}"
     )
     t.add_column("class")
     t.add_column("IoU %", justify="right")

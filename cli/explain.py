@@ -9,7 +9,6 @@ import typer
 
 from ._console import err, guarded
 from ._options import (
-    DEFAULT_MODEL,
     OUTPUT,
     CheckpointOpt,
     ClassesFileOpt,
@@ -66,7 +65,7 @@ def explain_command(
         Optional[list[str]],
         typer.Option("--at", help="A query point X,Y in pixels of the image (repeatable)."),
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
     host: HostOpt = None,

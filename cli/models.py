@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._console import err, stdout_line
@@ -18,10 +19,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON to std
         "hosts": catalog.list_hosts(),
         "proxies": catalog.list_proxies(),
         "presets": catalog.list_presets(),
+        "engines": catalog.list_engines(),
     }
     if as_json:
         stdout_line(json.dumps(data, indent=2))
         return
+    t = Table(title="Engines (--engine)")
+    for col in ("engine", "what", "needs", "default weights cached"):
+        t.add_column(col)
+    for e in data["engines"]:
+        needs = escape(f'pip install "fbseg[{e["extra"]}]"') if e["extra"] else ""
+        t.add_row(e["name"], e["description"], needs, "yes" if e["cached"] else "no")
+    err.print(t)
     t = Table(title="CLIP backbones (other open_clip CLIP ViTs with a class token also work)")
     for col in ("model", "default weights", "activation", "λ", "cached", "notes"):
         t.add_column(col)

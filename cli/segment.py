@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
-    DEFAULT_MODEL,
     OUTPUT,
     PERF,
     CheckpointOpt,
@@ -19,11 +19,11 @@ from ._options import (
     ClassesOpt,
     DebugOpt,
     DeviceOpt,
+    EngineOpt,
     FeedbackOpt,
     HostOpt,
     LamOpt,
     LogitScaleOpt,
-    ModelChoice,
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
@@ -40,7 +40,8 @@ from ._options import (
     StrideOpt,
     WindowOpt,
     class_list,
-    load_segmenter,
+    engine_of,
+    load_engine,
     preset_and_config,
 )
 
@@ -81,7 +82,8 @@ def segment(
             help="Pixels whose top probability is below this become background.",
         ),
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    engine: EngineOpt = None,
+    model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
     host: HostOpt = None,
@@ -170,7 +172,8 @@ def segment(
         from fbseg.runs.stream import ItemStatus
 
         cl = class_list(classes, classes_file, background, background_threshold)
-        preset, config = preset_and_config(flags)
+        engine_name = engine_of(flags)
+        _, config = preset_and_config(flags)
         config = config.with_flags(prob_threshold=background_threshold)
         try:
             mask_mode = MaskMode(masks)
@@ -194,9 +197,7 @@ def segment(
             raise ConfigError("- reads an image from stdin, but stdin is a terminal")
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
-        seg = load_segmenter(
-            ModelChoice.from_flags(flags, preset), config, show=show, device=dist.device_for(device)
-        )
+        seg = load_engine(engine_name, flags, config, show=show, device=dist.device_for(device))
         progress = progress_bar(show and len(dist.shard(scan.items)) > 1)
         with progress:
             task = progress.add_task("segmenting", total=len(dist.shard(scan.items)))
@@ -204,7 +205,9 @@ def segment(
             def finished(outcome) -> None:
                 progress.update(task, advance=1, description=outcome.item.display[-40:])
                 if outcome.status is ItemStatus.FAILED:  # an error is reported even with -q
-                    progress.console.print(f"[red]failed:[/red] {outcome.reason}", soft_wrap=True)
+                    progress.console.print(
+                        f"[red]failed:[/red] {escape(outcome.reason)}", soft_wrap=True
+                    )
                 elif outcome.status is ItemStatus.SKIPPED and show:
                     progress.console.print(
                         f"skipped {outcome.item.display}: outputs exist (--overwrite to redo)"
@@ -272,4 +275,4 @@ def _report(run) -> None:
     )
     for e in run.entries:
         if e["status"] == ItemStatus.FAILED.value:
-            err.print(f"  [red]✗[/red] {e['reason']}", soft_wrap=True)
+            err.print(f"  [red]✗[/red] {escape(e['reason'])}", soft_wrap=True)

@@ -24,11 +24,19 @@ def __getattr__(name: str):
         from fbseg.pipeline.segmenter import Segmenter
 
         return Segmenter
+    if name == "load_engine":
+        from fbseg.engines import load_engine
+
+        return load_engine
+    if name == "Sam3Segmenter":
+        from fbseg.pipeline.sam3 import Sam3Segmenter
+
+        return Sam3Segmenter
     if name == "segment_folder":
         from fbseg.runs.folder import segment_folder
 
         return segment_folder
-    if name in ("list_hosts", "list_backbones", "list_proxies", "list_presets"):
+    if name in ("list_hosts", "list_backbones", "list_proxies", "list_presets", "list_engines"):
         from fbseg import catalog
 
         return getattr(catalog, name)
@@ -40,6 +48,8 @@ __all__ = [
     "SegmentConfig",
     "DEFAULTS",
     "segment_folder",
+    "load_engine",
+    "Sam3Segmenter",
     "SegmentationResult",
     "ClassSummary",
     "ClassList",
@@ -56,5 +66,6 @@ __all__ = [
     "list_backbones",
     "list_proxies",
     "list_presets",
+    "list_engines",
     "__version__",
 ]

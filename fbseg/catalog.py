@@ -58,3 +58,19 @@ def list_presets() -> list[dict]:
         }
         for n, p in PRESETS
     ]
+
+
+def list_engines() -> list[dict]:
+    """Each engine, what it needs, and whether its default weights are cached."""
+    from fbseg.engines import ENGINES
+    from fbseg.models.clip import DEFAULT_BACKBONE, default_pretrained
+    from fbseg.models.sam3 import is_cached as sam3_cached
+
+    cached = {
+        "clip": clip_cached(DEFAULT_BACKBONE, default_pretrained(DEFAULT_BACKBONE)),
+        "sam3": sam3_cached(),
+    }
+    return [
+        {"name": n, "description": e.description, "extra": e.extra, "cached": cached.get(n, False)}
+        for n, e in ENGINES
+    ]
