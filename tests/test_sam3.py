@@ -325,3 +325,22 @@ def test_real_sam3_finds_the_cat(tmp_path):
     result = seg.segment(ASSETS / "cat.jpg", "cat,rug")
     mask = np.asarray(Image.open(ASSETS.parent / "tests" / "data" / "cat_mask.png")).astype(bool)
     assert (result.labels[mask] == 0).mean() >= 0.8
+
+
+def test_a_refused_gated_download_names_the_licence(tmp_path, monkeypatch):
+    """The hub answers 401/403 for a gated repository whose licence the user has not
+    accepted: one line, exit 3, and how to get access."""
+    from transformers import Sam3Model
+
+    class GatedRepoError(Exception):  # as huggingface_hub names it
+        pass
+
+    def refuse(*a, **k):
+        raise GatedRepoError("Access to model facebook/sam3 is restricted. You must have access")
+
+    monkeypatch.setattr(Sam3Model, "from_pretrained", refuse)
+    r = run(
+        ["segment", str(ASSETS / "cat.jpg"), "-c", "cat", "-o", str(tmp_path), "--engine", "sam3"]
+    )
+    assert r.exit_code == 3 and "licence not accepted or not logged in" in r.output
+    assert "hf auth login" in r.output and "Traceback" not in r.output
