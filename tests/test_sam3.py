@@ -66,11 +66,16 @@ def sam3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def engine(sam3_dir):
+def text_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("sam3-text")
+
+
+@pytest.fixture(scope="session")
+def engine(sam3_dir, text_cache):
     from fbseg.pipeline.sam3 import Sam3Segmenter
 
     return Sam3Segmenter.from_pretrained(
-        sam3_dir, device="cpu", precision="fp32", names_per_forward=2
+        sam3_dir, device="cpu", precision="fp32", names_per_forward=2, text_cache_dir=text_cache
     )
 
 
@@ -344,3 +349,43 @@ def test_a_refused_gated_download_names_the_licence(tmp_path, monkeypatch):
     )
     assert r.exit_code == 3 and "licence not accepted or not logged in" in r.output
     assert "hf auth login" in r.output and "Traceback" not in r.output
+
+
+def test_images_batched_and_names_halved_on_out_of_memory_change_nothing(engine, monkeypatch):
+    """Several images encoded together, and name chunks halved when memory runs out, give
+    what one image and one chunk at a time give."""
+    images = [random_image(60 + 10 * i, 90, seed=i) for i in range(3)]
+    classes = "cat; kitten,rug; carpet; mat,wall"
+    one_by_one = [engine.segment(im, classes) for im in images]
+    real = engine.model
+
+    class Tight:  # the model, out of memory for more than one name per forward
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, **kw):
+            if kw["attention_mask"].shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            return real(**kw)
+
+    monkeypatch.setattr(engine, "model", Tight())
+    monkeypatch.setattr(engine, "names_per_forward", 4)
+    batched = engine.segment_batch(images, classes)
+    assert engine.names_per_forward == 1
+    for a, b in zip(one_by_one, batched):
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-5)
+
+
+def test_name_features_cached_on_disk_are_reused(sam3_dir, engine, text_cache):
+    from fbseg.pipeline.sam3 import Sam3Segmenter
+
+    engine.segment(random_image(50, 70, seed=9), "lamp,shelf")
+    again = Sam3Segmenter.from_pretrained(
+        sam3_dir, device="cpu", precision="fp32", text_cache_dir=text_cache
+    )
+    assert again.text_cache.folder == engine.text_cache.folder
+    r = again.segment(random_image(50, 70, seed=9), "lamp,shelf")
+    assert again.text_cache.hits == 2 and again.text_cache.misses == 0
+    np.testing.assert_allclose(
+        r.probs, engine.segment(random_image(50, 70, seed=9), "lamp,shelf").probs, rtol=0, atol=1e-6
+    )

@@ -24,10 +24,16 @@ from fbseg import __version__
 from fbseg.classes import ClassList
 from fbseg.io import ImageLike, read_image
 from fbseg.models.sam3 import TEXT_LENGTH, Sam3Parts, load_sam3
+from fbseg.models.text import TextCache, text_cache_root
 from fbseg.pipeline.config import DEFAULTS, SegmentConfig
 from fbseg.pipeline.device import resolve_device, resolve_precision
 from fbseg.pipeline.segmenter import PROTOCOL_VERSION, as_classes
-from fbseg.pipeline.window import labels_from_probs
+from fbseg.pipeline.window import (
+    WindowTooLargeError,
+    free_cached_memory,
+    is_out_of_memory,
+    labels_from_probs,
+)
 from fbseg.result import SegmentationResult
 
 NAMES_PER_FORWARD = 16  # each name repeats the image features along the batch
@@ -60,6 +66,7 @@ class Sam3Segmenter:
         precision: str = "auto",
         config: SegmentConfig = DEFAULTS,
         names_per_forward: int = NAMES_PER_FORWARD,
+        text_cache_dir: Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -71,10 +78,15 @@ class Sam3Segmenter:
         self.names_per_forward = names_per_forward
         self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.truncated: set[str] = set()
+        self.text_cache = TextCache(text_cache_dir, self.text_identity())
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path | None = None, **kwargs) -> Sam3Segmenter:
-        """SAM 3 from a ``save_pretrained`` folder or the hub (gated: see the README)."""
+    def from_pretrained(
+        cls, checkpoint: str | Path | None = None, *, text_cache: bool = True, **kwargs
+    ) -> Sam3Segmenter:
+        """SAM 3 from a ``save_pretrained`` folder or the hub (gated: see the README); name
+        features cached on disk under $FBSEG_CACHE unless ``text_cache`` is False."""
+        kwargs.setdefault("text_cache_dir", text_cache_root() if text_cache else None)
         resolve_precision(
             kwargs.get("precision", "auto"), resolve_device(kwargs.get("device", "auto"))
         )
@@ -88,11 +100,37 @@ class Sam3Segmenter:
         pixels = self.image_processor(images=np.array(rgb), return_tensors="pt")["pixel_values"][0]
         return Sam3Image(rgb, pixels)
 
+    def text_identity(self) -> dict:
+        """What decides a name's text features (the key of their disk cache)."""
+        return {
+            "engine": self.name,
+            "weights": self.weights_id,
+            "text_length": TEXT_LENGTH,
+            "precision": str(self.dtype).replace("torch.", ""),
+            "protocol": PROTOCOL_VERSION,
+        }
+
     @torch.inference_mode()
     def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
-        """Each name's projected text features, once per run: (C, L, D) for the names."""
+        """Each name's projected text features (C, L, D), encoded once and kept on disk like
+        the CLIP engine's embeddings; names longer than 32 tokens are noted as truncated."""
         names = as_classes(classes).flat_names
-        missing = [n for n in dict.fromkeys(names) if n not in self._text]
+        full = self.tokenizer(list(dict.fromkeys(names)))["input_ids"]
+        self.truncated |= {
+            n for n, ids in zip(dict.fromkeys(names), full) if len(ids) > TEXT_LENGTH
+        }
+        missing = []
+        for n in dict.fromkeys(names):
+            if n in self._text:
+                continue
+            stored = self.text_cache.get(n)
+            if stored is None:
+                missing.append(n)
+                self.text_cache.misses += 1
+                continue
+            self.text_cache.hits += 1
+            both = torch.from_numpy(stored).to(self.device)
+            self._text[n] = (both[:, :-1].to(self.dtype), both[:, -1].long())
         if missing:
             tokens = self.tokenizer(
                 missing,
@@ -101,47 +139,75 @@ class Sam3Segmenter:
                 truncation=True,
                 return_tensors="pt",
             )
-            full = self.tokenizer(missing)["input_ids"]
-            self.truncated |= {n for n, ids in zip(missing, full) if len(ids) > TEXT_LENGTH}
             ids = tokens["input_ids"].to(self.device)
             mask = tokens["attention_mask"].to(self.device)
             feats = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
             for i, n in enumerate(missing):
                 self._text[n] = (feats[i], mask[i])
+                both = torch.cat([feats[i].float(), mask[i, :, None].float()], dim=1)
+                self.text_cache.put(n, both.cpu().numpy())
         return torch.stack([self._text[n][0] for n in names])
+
+    def _names_per_forward(self, vision) -> int:
+        """Names per forward: the set size, or on a GPU what the free memory holds (each name
+        repeats the image features and their activations, about 8× the features' size)."""
+        if self.device.type != "cuda":
+            return self.names_per_forward
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_name = 8 * sum(t[0].numel() * t.element_size() for t in vision.fpn_hidden_states)
+        return max(1, min(self.names_per_forward, int(0.5 * free // max(per_name, 1))))
 
     @torch.inference_mode()
     def name_scores(self, pixel_values: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        """(C, h, w) scores for one image (3, S, S) and its names, at SAM 3's mask size."""
+        """(B, C, h, w) scores for images (B, 3, S, S) and their names, at SAM 3's mask size.
+        The images are encoded together, once; the names run in chunks against each image's
+        cached features. A chunk out of memory is halved and retried."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         self.encode_text(list(names))
         vision = self.model.get_vision_features(
-            pixel_values=pixel_values[None].to(self.device, self.dtype)
+            pixel_values=pixel_values.to(self.device, self.dtype)
         )
-        out = []
-        for start in range(0, len(names), self.names_per_forward):
-            chunk = names[start : start + self.names_per_forward]
-            n = len(chunk)
-            repeated = type(vision)(
-                fpn_hidden_states=tuple(
-                    t.expand(n, *t.shape[1:]) for t in vision.fpn_hidden_states
-                ),
-                fpn_position_encoding=tuple(
-                    t.expand(n, *t.shape[1:]) for t in vision.fpn_position_encoding
-                ),
-            )
-            text = torch.stack([self._text[c][0] for c in chunk])
-            mask = torch.stack([self._text[c][1] for c in chunk])
-            result = self.model(
-                vision_embeds=repeated,
-                text_embeds=BaseModelOutputWithPooling(pooler_output=text),
-                attention_mask=mask,
-            )
-            sem = torch.sigmoid(result.semantic_seg[:, 0].float())
-            presence = torch.sigmoid(result.presence_logits.float()).view(n, 1, 1)
-            out.append(sem * presence)
-        return torch.cat(out)
+        per_forward = self._names_per_forward(vision)
+        images = []
+        for b in range(pixel_values.shape[0]):
+            out, start = [], 0
+            while start < len(names):
+                chunk = names[start : start + per_forward]
+                n = len(chunk)
+                repeated = type(vision)(
+                    fpn_hidden_states=tuple(
+                        t[b : b + 1].expand(n, *t.shape[1:]) for t in vision.fpn_hidden_states
+                    ),
+                    fpn_position_encoding=tuple(
+                        t[b : b + 1].expand(n, *t.shape[1:]) for t in vision.fpn_position_encoding
+                    ),
+                )
+                text = torch.stack([self._text[c][0] for c in chunk])
+                mask = torch.stack([self._text[c][1] for c in chunk])
+                try:
+                    result = self.model(
+                        vision_embeds=repeated,
+                        text_embeds=BaseModelOutputWithPooling(pooler_output=text),
+                        attention_mask=mask,
+                    )
+                except RuntimeError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    free_cached_memory()
+                    if n == 1:
+                        raise WindowTooLargeError(
+                            "one class name against the image does not fit in the device's "
+                            "memory (try --precision fp16)"
+                        ) from None
+                    per_forward = self.names_per_forward = max(1, n // 2)
+                    continue
+                sem = torch.sigmoid(result.semantic_seg[:, 0].float())
+                presence = torch.sigmoid(result.presence_logits.float()).view(n, 1, 1)
+                out.append(sem * presence)
+                start += n
+            images.append(torch.cat(out))
+        return torch.stack(images)
 
     @torch.inference_mode()
     def segment(
@@ -172,11 +238,13 @@ class Sam3Segmenter:
             raise ConfigError("--compare shows what FSA changes; the sam3 engine has no FSA")
         cfg = (config or self.config).replace(**overrides)
         cl = as_classes(classes)
+        t0 = time.perf_counter()
+        ready = [im if isinstance(im, Sam3Image) else self.prepare(im) for im in images]
+        all_scores = self.name_scores(torch.stack([p.pixel_values for p in ready]), cl.flat_names)
+        share = (time.perf_counter() - t0) / len(ready)
         results = []
-        for image in images:
+        for prepared, scores in zip(ready, all_scores):
             t0 = time.perf_counter()
-            prepared = image if isinstance(image, Sam3Image) else self.prepare(image)
-            scores = self.name_scores(prepared.pixel_values, cl.flat_names)
             H, W = prepared.rgb.shape[:2]
             scores = F.interpolate(scores[None], size=(H, W), mode="bilinear", align_corners=False)[
                 0
@@ -188,7 +256,7 @@ class Sam3Segmenter:
                 ]
             )
             labels = labels_from_probs(probs, cfg.prob_threshold)
-            meta = self._meta(cfg, time.perf_counter() - t0, cl)
+            meta = self._meta(cfg, share + time.perf_counter() - t0, cl)
             results.append(
                 SegmentationResult(
                     labels=labels.cpu().numpy().astype(np.int64),
