@@ -205,9 +205,6 @@ OverwriteOpt = Annotated[
     ),
 ]
 
-DEFAULT_MODEL = DEFAULT_BACKBONE
-DEFAULT_HOST_NAME = DEFAULT_HOST
-
 
 @dataclass(frozen=True)
 class ModelChoice:

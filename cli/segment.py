@@ -179,7 +179,7 @@ def segment(
             mask_mode = MaskMode(masks)
         except ValueError:
             raise ConfigError(
-                f"unknown --masks {masks!r}; use {' or '.join(_mask_modes().split(' | '))}"
+                f"unknown --masks {masks!r}; use {' or '.join(m.value for m in MaskMode)}"
             ) from None
         options = OutputOptions(
             out_dir=output,

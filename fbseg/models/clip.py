@@ -186,7 +186,7 @@ def network_of(clip) -> Network:
         quick,
         tuple(pre.get("mean", CLIP_MEAN)),
         tuple(pre.get("std", CLIP_STD)),
-        getattr(clip, "fbseg_source", "module"),
+        "built model",
     )
 
 
@@ -215,7 +215,6 @@ def _build(model: str, network: Network, tag: str | None = None):
     for w in caught:
         if "QuickGELU mismatch" not in str(w.message):
             log.warning("open_clip: %s", w.message)
-    clip.fbseg_source = network.source
     return clip
 
 

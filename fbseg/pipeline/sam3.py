@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fbseg import __version__
 from fbseg.classes import ClassList
@@ -30,9 +29,11 @@ from fbseg.pipeline.device import resolve_device, resolve_precision
 from fbseg.pipeline.segmenter import PROTOCOL_VERSION, as_classes
 from fbseg.pipeline.window import (
     WindowTooLargeError,
+    class_maximum,
     free_cached_memory,
     is_out_of_memory,
     labels_from_probs,
+    resize_to,
 )
 from fbseg.result import SegmentationResult
 
@@ -115,14 +116,12 @@ class Sam3Segmenter:
         """Each name's projected text features (C, L, D), encoded once and kept on disk like
         the CLIP engine's embeddings; names longer than 32 tokens are noted as truncated."""
         names = as_classes(classes).flat_names
-        full = self.tokenizer(list(dict.fromkeys(names)))["input_ids"]
-        self.truncated |= {
-            n for n, ids in zip(dict.fromkeys(names), full) if len(ids) > TEXT_LENGTH
-        }
+        new = [n for n in dict.fromkeys(names) if n not in self._text]
+        if new:  # each name's length checked once, whether its features come from disk or not
+            full = self.tokenizer(new)["input_ids"]
+            self.truncated |= {n for n, ids in zip(new, full) if len(ids) > TEXT_LENGTH}
         missing = []
-        for n in dict.fromkeys(names):
-            if n in self._text:
-                continue
+        for n in new:
             stored = self.text_cache.get(n)
             if stored is None:
                 missing.append(n)
@@ -246,15 +245,7 @@ class Sam3Segmenter:
         for prepared, scores in zip(ready, all_scores):
             t0 = time.perf_counter()
             H, W = prepared.rgb.shape[:2]
-            scores = F.interpolate(scores[None], size=(H, W), mode="bilinear", align_corners=False)[
-                0
-            ]
-            probs = torch.stack(
-                [
-                    scores[[i for i, c in enumerate(cl.name_to_class) if c == k]].amax(dim=0)
-                    for k in range(len(cl.labels))
-                ]
-            )
+            probs = class_maximum(resize_to(scores, (H, W)), cl.name_to_class)
             labels = labels_from_probs(probs, cfg.prob_threshold)
             meta = self._meta(cfg, share + time.perf_counter() - t0, cl)
             results.append(

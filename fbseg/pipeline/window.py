@@ -179,13 +179,18 @@ def class_probabilities(
     """Name logits (C, h, w) → resized to ``out_size`` → ×scale → softmax over names → max
     over each class's names: (K, H, W)."""
     probs = torch.softmax(resize_to(logits, out_size) * logit_scale, dim=0)
+    return class_maximum(probs, name_to_class)
+
+
+def class_maximum(per_name: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
+    """(C, H, W) per name → (K, H, W): each class takes the maximum over its names."""
     K = max(name_to_class) + 1
-    if K == probs.shape[0]:
-        return probs
-    out = probs.new_empty((K, *probs.shape[1:]))
+    if K == per_name.shape[0]:
+        return per_name
+    out = per_name.new_empty((K, *per_name.shape[1:]))
     for k in range(K):
         members = [i for i, c in enumerate(name_to_class) if c == k]
-        out[k] = probs[members].amax(dim=0)
+        out[k] = per_name[members].amax(dim=0)
     return out
 
 
