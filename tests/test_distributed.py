@@ -12,7 +12,7 @@ from PIL import Image
 from fbseg.runs.distributed import Dist
 
 from conftest import TINY, random_image
-from helpers import make_dataset
+from helpers import FAST, make_dataset
 
 ENTRY = Path(__file__).parent / "dist_entry.py"
 
@@ -54,18 +54,9 @@ def test_two_processes_segment_like_one(tmp_path, tiny_ckpt):
         str(src),
         "-c",
         "a,b; c,d",
-        "--model",
-        TINY,
+        *FAST,
         "--checkpoint",
         str(tiny_ckpt),
-        "--host",
-        "naclip",
-        "--short-side",
-        "64",
-        "--window",
-        "64",
-        "--stride",
-        "32",
         "-q",
     ]
     one = _launch(1, common + ["-o", str(tmp_path / "one")], tmp_path, 29611)
@@ -99,18 +90,9 @@ def test_a_dying_rank_fails_the_run_and_a_rerun_resumes(tmp_path, tiny_ckpt):
         str(src),
         "-c",
         "a,b",
-        "--model",
-        TINY,
+        *FAST,
         "--checkpoint",
         str(tiny_ckpt),
-        "--host",
-        "naclip",
-        "--short-side",
-        "64",
-        "--window",
-        "64",
-        "--stride",
-        "32",
         "-q",
         "-o",
         str(tmp_path / "out"),
