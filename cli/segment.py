@@ -247,14 +247,14 @@ def _report(run) -> None:
 
     done = [o for o in run.outcomes if o.status is ItemStatus.DONE]
     if len(run.entries) == 1 and len(run.outcomes) == 1 and done:
-        r = done[0].result
+        r = done[0].digest
         t = Table(
             title=f"{done[0].item.display}  ({r.image_size[1]}×{r.image_size[0]}, "
             f"{r.meta['timings']['total_s']:.2f} s)"
         )
         for col in ("#", "class", "pixels %", "mean conf", "max conf"):
             t.add_column(col, justify="right" if col != "class" else "left")
-        for s in r.summary():
+        for s in r.classes:
             t.add_row(
                 str(s.index),
                 s.label,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+
+# Rows of ``SegmentationResult.class_stats`` (3, K).
+STAT_PIXELS, STAT_MEAN, STAT_MAX = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -27,41 +32,105 @@ class ClassSummary:
         }
 
 
-@dataclass(frozen=True)
-class SegmentationResult:
-    """labels (H, W) int64 class index; probs (K, H, W) float32 per-class probability
-    (softmax over names after the logit scale, max over each class's names); classes: the K
-    class strings as given; names: each class's names; meta: model, host, settings, timings."""
+def class_stats_of(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(3, K) float64: each class's pixel count, its mean probability over the pixels labelled
+    with it (0 where none) and its highest probability anywhere."""
+    K = probs.shape[0]
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=K)[:K]
+    picked = np.take_along_axis(probs.reshape(K, -1), flat[None], axis=0)[0]
+    sums = np.bincount(flat, weights=picked.astype(np.float64), minlength=K)[:K]
+    means = np.divide(sums, counts, out=np.zeros(K), where=counts > 0)
+    return np.stack([counts.astype(np.float64), means, probs.reshape(K, -1).max(axis=1)])
 
-    labels: np.ndarray
-    probs: np.ndarray
-    classes: tuple[str, ...]
-    names: tuple[tuple[str, ...], ...]
-    meta: dict = field(default_factory=dict)
-    baseline_labels: np.ndarray | None = None  # (H, W) host only (FSA off), when compared
+
+class SegmentationResult:
+    """One image's segmentation.
+
+    labels (H, W) int64 class index; probs (K, H, W) float32 per-class probability (softmax
+    over names after the logit scale, max over each class's names); classes: the K class
+    strings as given; names: each class's names; meta: model, host, settings, timings;
+    baseline_labels (H, W): the host alone (FSA off), when compared.
+
+    ``probs`` may be given as a function that computes it: it then runs on first access
+    (engines keep the K×H×W map on their device and move only the labels and ``class_stats``
+    to the host — the summary needs no probabilities). ``class_stats`` (3, K): pixel count,
+    mean confidence over the class's pixels, max confidence; computed from labels and probs
+    when not given.
+    """
+
+    __slots__ = (
+        "labels",
+        "classes",
+        "names",
+        "meta",
+        "baseline_labels",
+        "_probs",
+        "_probs_fn",
+        "_stats",
+        "_lock",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        probs: np.ndarray | Callable[[], np.ndarray],
+        classes: tuple[str, ...],
+        names: tuple[tuple[str, ...], ...],
+        meta: dict | None = None,
+        baseline_labels: np.ndarray | None = None,
+        *,
+        class_stats: np.ndarray | None = None,
+    ) -> None:
+        self.labels = labels
+        self.classes = tuple(classes)
+        self.names = tuple(names)
+        self.meta = {} if meta is None else meta
+        self.baseline_labels = baseline_labels
+        self._probs, self._probs_fn = (None, probs) if callable(probs) else (probs, None)
+        self._stats = class_stats
+        self._lock = threading.Lock()
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(K, H, W) float32; computed on first access when the engine left it on its device
+        (the device copy is released then)."""
+        with self._lock:
+            if self._probs is None:
+                self._probs = self._probs_fn()
+                self._probs_fn = None
+            return self._probs
+
+    @property
+    def class_stats(self) -> np.ndarray:
+        """(3, K) float64 rows: pixel count, mean confidence over the class's pixels, max
+        confidence (``STAT_PIXELS``, ``STAT_MEAN``, ``STAT_MAX``)."""
+        if self._stats is None:
+            self._stats = class_stats_of(self.labels, self.probs)
+        return self._stats
 
     @property
     def image_size(self) -> tuple[int, int]:
         return (int(self.labels.shape[0]), int(self.labels.shape[1]))
 
     def summary(self) -> list[ClassSummary]:
-        total = self.labels.size
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
-        out = []
-        for k, label in enumerate(self.classes):
-            mask = self.labels == k
-            mean = float(self.probs[k][mask].mean()) if counts[k] else 0.0
-            out.append(
-                ClassSummary(
-                    k,
-                    label,
-                    self.names[k],
-                    float(counts[k] / total),
-                    mean,
-                    float(self.probs[k].max()),
-                )
+        stats, total = self.class_stats, self.labels.size
+        return [
+            ClassSummary(
+                k,
+                label,
+                self.names[k],
+                float(stats[STAT_PIXELS, k] / total),
+                float(stats[STAT_MEAN, k]),
+                float(stats[STAT_MAX, k]),
             )
-        return out
+            for k, label in enumerate(self.classes)
+        ]
+
+    def digest(self) -> ResultDigest:
+        """What a run keeps of an image once its files are written (no arrays)."""
+        return ResultDigest(self.image_size, tuple(self.summary()), self.meta)
 
     def comparison(self) -> dict | None:
         """Host only vs FSA: per-class pixel fractions, their change, the changed pixels."""
@@ -95,3 +164,16 @@ class SegmentationResult:
         if self.baseline_labels is not None:
             out["compare"] = self.comparison()
         return out
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return f"SegmentationResult({w}×{h}, classes={list(self.classes)!r})"
+
+
+@dataclass(frozen=True)
+class ResultDigest:
+    """An image's size, class summary and meta: what a folder run keeps per image."""
+
+    image_size: tuple[int, int]
+    classes: tuple[ClassSummary, ...]
+    meta: dict

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from fbseg.pipeline.config import Refinement, SegmentConfig
+from fbseg.pipeline.postprocess import drop_small_areas
 from fbseg.pipeline.refine import pamr
 from fbseg.pipeline.segmenter import Segmenter
-from fbseg.pipeline.window import drop_small_areas, protocol_size
+from fbseg.pipeline.window import protocol_size
 
 import naive
 from conftest import ASSETS, TINY, random_image

@@ -10,6 +10,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from fbseg.models.constants import on_device
+
 
 def self_attention(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """softmax_row(d^-1/2 · x xᵀ + bias) for x (B, h, L, d) → (B, h, L, L)."""
@@ -30,7 +32,10 @@ def _gaussian_cpu(rows: int, cols: int, sigma: float) -> torch.Tensor:
 
 def neighbourhood_bias(grid: tuple[int, int], sigma: float, like: torch.Tensor) -> torch.Tensor:
     """NACLIP's Gaussian over the (rows, cols) patch grid, padded with 0 for CLS: (L, L)."""
-    return _gaussian_cpu(grid[0], grid[1], float(sigma)).to(like.device, like.dtype)
+    rows, cols, sigma = grid[0], grid[1], float(sigma)
+    return on_device(
+        lambda: _gaussian_cpu(rows, cols, sigma), (rows, cols, sigma), like.device, like.dtype
+    )
 
 
 def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fbseg.models.clip import CLIP_MEAN, CLIP_STD
+from fbseg.models.constants import channel_constant
 from fbseg.models.pos_embed import cached_pos_table, resize_pos_table
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES, PosResize, ProxyInput, ProxySpec  # noqa: F401
 from fbseg.models.weights import fetch_pretrained, load_into, read_state_dict
@@ -75,11 +76,11 @@ def proxy_input(
     ``clip_mean``/``clip_std`` are the ones the crops were normalised with: the CLIP weights'
     own (their pretrained tag's), so the proxy sees the same pixels whatever CLIP expects.
     """
-    clip_mean = crops.new_tensor(clip_mean).view(1, 3, 1, 1)
-    clip_std = crops.new_tensor(clip_std).view(1, 3, 1, 1)
-    mean = crops.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = crops.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (crops * clip_std + clip_mean - mean) / std
+
+    def const(values: tuple[float, ...]) -> torch.Tensor:
+        return channel_constant(tuple(values), crops.device, crops.dtype)
+
+    return (crops * const(clip_std) + const(clip_mean) - const(IMAGENET_MEAN)) / const(IMAGENET_STD)
 
 
 def proxy_features(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from fbseg.errors import ConfigError
@@ -33,3 +36,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     return PRECISIONS[precision]
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Host copies of ``tensors`` with one wait: on CUDA every copy is queued non-blocking into
+    pinned memory and the stream is synchronised once (a plain ``.cpu()`` per tensor would
+    stall the host on each); elsewhere ``.cpu()``."""
+    if not tensors:
+        return []
+    device = tensors[0].device
+    if device.type != "cuda":
+        return [t.cpu().numpy() for t in tensors]
+    copies = [t.to("cpu", non_blocking=True) for t in tensors]
+    torch.cuda.current_stream(device).synchronize()
+    return [c.numpy() for c in copies]

@@ -22,12 +22,8 @@ from fbseg.classes import ClassList
 from fbseg.errors import ConfigError
 from fbseg.pipeline.config import Refinement, SegmentConfig
 from fbseg.pipeline.crop import Capture, crop_logits
-from fbseg.pipeline.window import (
-    boxes_for,
-    centred_pad,
-    probabilities_and_labels,
-    slide,
-)
+from fbseg.pipeline.postprocess import probabilities_and_labels
+from fbseg.pipeline.window import boxes_for, centred_pad, slide
 
 MAX_AUTO_POINTS = 6
 

@@ -26,14 +26,18 @@ from fbseg.models.sam3 import TEXT_LENGTH, Sam3Parts, load_sam3
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.pipeline.config import DEFAULTS, SegmentConfig
 from fbseg.pipeline.device import resolve_device, resolve_precision
+from fbseg.pipeline.postprocess import (
+    class_maximum,
+    device_result,
+    labels_from_probs,
+    resize_to,
+    results_from_device,
+)
 from fbseg.pipeline.segmenter import PROTOCOL_VERSION, as_classes
 from fbseg.pipeline.window import (
     WindowTooLargeError,
-    class_maximum,
     free_cached_memory,
     is_out_of_memory,
-    labels_from_probs,
-    resize_to,
 )
 from fbseg.result import SegmentationResult
 
@@ -240,23 +244,16 @@ class Sam3Segmenter:
         t0 = time.perf_counter()
         ready = [im if isinstance(im, Sam3Image) else self.prepare(im) for im in images]
         all_scores = self.name_scores(torch.stack([p.pixel_values for p in ready]), cl.flat_names)
-        share = (time.perf_counter() - t0) / len(ready)
-        results = []
+        pending = []
         for prepared, scores in zip(ready, all_scores):
-            t0 = time.perf_counter()
-            H, W = prepared.rgb.shape[:2]
-            probs = class_maximum(resize_to(scores, (H, W)), cl.name_to_class)
+            size = prepared.rgb.shape[:2]
+            probs = class_maximum(resize_to(scores, size), cl.name_to_class)
             labels = labels_from_probs(probs, cfg.prob_threshold)
-            meta = self._meta(cfg, share + time.perf_counter() - t0, cl)
-            results.append(
-                SegmentationResult(
-                    labels=labels.cpu().numpy().astype(np.int64),
-                    probs=probs.cpu().numpy(),
-                    classes=cl.labels,
-                    names=cl.names,
-                    meta=meta,
-                )
-            )
+            pending.append(device_result(probs, labels, _recompute_probs(scores, size, cl)))
+        results = results_from_device(pending, cl.labels, cl.names)  # the one wait
+        seconds = (time.perf_counter() - t0) / len(ready)
+        for r in results:
+            r.meta = self._meta(cfg, seconds, cl)
         return results
 
     def identity(self, config: SegmentConfig | None = None) -> dict:
@@ -285,3 +282,8 @@ class Sam3Segmenter:
         if cut:
             meta["truncated_names"] = cut  # longer than SAM 3's 32 text tokens
         return meta
+
+
+def _recompute_probs(scores: torch.Tensor, size: tuple[int, int], cl: ClassList):
+    """The class probabilities (K, H, W) of an image's name scores, computed again when asked."""
+    return lambda: class_maximum(resize_to(scores, size), cl.name_to_class)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +25,15 @@ from fbseg.models.clip import (
 from fbseg.models.clip_tower import patch_size
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
-from fbseg.pipeline.config import DEFAULTS, SegmentConfig
+from fbseg.pipeline.config import DEFAULTS, Refinement, SegmentConfig
 from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.pipeline.device import resolve_device, resolve_precision
-from fbseg.pipeline.window import (
+from fbseg.pipeline.postprocess import (
+    device_result,
     probabilities_and_labels,
-    protocol_size,
-    resize_image,
-    slide_many,
+    results_from_device,
 )
+from fbseg.pipeline.window import protocol_size, resize_image, slide_many
 from fbseg.result import SegmentationResult
 
 # Bumped whenever a change alters the numbers a given model, weights and settings produce, so
@@ -168,7 +168,10 @@ class Segmenter:
         rgb = read_image(image)
         img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
         img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
-        return PreparedImage(rgb, ((img - self._mean) / self._std), short_side)
+        tensor = (img - self._mean) / self._std
+        if self.device.type == "cuda":  # pinned: its copy to the GPU is queued, not waited on
+            tensor = tensor.pin_memory()
+        return PreparedImage(rgb, tensor, short_side)
 
     @torch.inference_mode()
     def segment(
@@ -228,8 +231,9 @@ class Segmenter:
                 also_baseline=compare,
             )
 
+        on_device = [p.tensor.to(self.device, non_blocking=True) for p in prepared]
         stitched = slide_many(
-            [p.tensor.to(self.device, self.dtype) for p in prepared],
+            [t.to(self.dtype) for t in on_device],
             crop_fn,
             window=cfg.window,
             stride=cfg.stride,
@@ -238,35 +242,31 @@ class Segmenter:
             on_shrink=self._shrink_window_batch,
         )
         t2 = time.perf_counter()
-        share = (t2 - t1) / len(prepared)
-        results = []
         C = len(cl.flat_names)
-        for p, logits in zip(prepared, stitched):
-            t3 = time.perf_counter()
+        pending = []
+        pamr_guide = cfg.refine is not Refinement.NONE
+        for p, image, logits in zip(prepared, on_device, stitched):
+            post_args = (p.rgb.shape[:2], cfg, cl.name_to_class, image if pamr_guide else None)
             baseline = None
-            guide = p.tensor.to(logits.device)
-            post_args = (p.rgb.shape[:2], cfg, cl.name_to_class, guide)
             if compare:
-                _, baseline = probabilities_and_labels(logits[C:], *post_args)
-                baseline = baseline.cpu().numpy().astype(np.int64)
+                baseline = probabilities_and_labels(logits[C:], *post_args)[1]
                 logits = logits[:C]
             probs, labels = probabilities_and_labels(logits, *post_args)
-            post = time.perf_counter() - t3
-            timings = {
-                "text_s": t1 - t0,
-                "model_s": share,
-                "total_s": (t1 - t0) / len(prepared) + share + post,
-            }
-            results.append(
-                SegmentationResult(
-                    labels=labels.cpu().numpy().astype(np.int64),
-                    probs=probs.float().cpu().numpy(),
-                    classes=cl.labels,
-                    names=cl.names,
-                    meta=self._meta(cfg, timings),
-                    baseline_labels=baseline,
+            pending.append(
+                device_result(
+                    probs, labels, _recompute_probs(logits, post_args), baseline_labels=baseline
                 )
             )
+        del stitched
+        results = results_from_device(pending, cl.labels, cl.names)  # the one wait
+        n = len(prepared)
+        timings = {
+            "text_s": t1 - t0,
+            "model_s": (t2 - t1) / n,  # on a GPU: the time to queue it (the work is async)
+            "total_s": (time.perf_counter() - t0) / n,
+        }
+        for r in results:
+            r.meta = self._meta(cfg, timings)
         return results
 
     def _shrink_window_batch(self, size: int) -> None:
@@ -331,6 +331,11 @@ class Segmenter:
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
+
+
+def _recompute_probs(logits: torch.Tensor, post_args: tuple) -> Callable[[], torch.Tensor]:
+    """The probabilities (K, H, W) of stitched logits, computed again when asked for."""
+    return lambda: probabilities_and_labels(logits, *post_args)[0]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from fbseg.errors import InputError
-from fbseg.pipeline.config import Refinement, SegmentConfig
-from fbseg.pipeline.refine import pamr
 
 LONG_SIDE_CAP = 2048
 
@@ -161,86 +159,3 @@ def slide(
         pad_multiple=pad_multiple,
         windows_per_forward=windows_per_forward,
     )[0]
-
-
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, h, w) → (C, H, W), bilinear (align_corners False), as is when it fits."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-def class_probabilities(
-    logits: torch.Tensor,
-    out_size: tuple[int, int],
-    logit_scale: float,
-    name_to_class: Sequence[int],
-) -> torch.Tensor:
-    """Name logits (C, h, w) → resized to ``out_size`` → ×scale → softmax over names → max
-    over each class's names: (K, H, W)."""
-    probs = torch.softmax(resize_to(logits, out_size) * logit_scale, dim=0)
-    return class_maximum(probs, name_to_class)
-
-
-def class_maximum(per_name: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
-    """(C, H, W) per name → (K, H, W): each class takes the maximum over its names."""
-    K = max(name_to_class) + 1
-    if K == per_name.shape[0]:
-        return per_name
-    out = per_name.new_empty((K, *per_name.shape[1:]))
-    for k in range(K):
-        members = [i for i, c in enumerate(name_to_class) if c == k]
-        out[k] = per_name[members].amax(dim=0)
-    return out
-
-
-def labels_from_probs(probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """argmax over classes; pixels whose top probability is below ``threshold`` → class 0."""
-    top, labels = probs.max(dim=0)
-    if threshold > 0:
-        labels = torch.where(top < threshold, torch.zeros_like(labels), labels)
-    return labels
-
-
-def drop_small_areas(probs: torch.Tensor, share: float) -> torch.Tensor:
-    """SCLIP's ``area_thd``: the probabilities (K, H, W) of every class but 0 whose argmax area
-    is not above ``share`` of the area predicted for all classes but 0 are set to 0."""
-    area = torch.bincount(probs.argmax(dim=0).flatten(), minlength=probs.shape[0])[1:]
-    keep = (area > share * area.sum()).to(probs.dtype)
-    out = probs.clone()
-    out[1:] *= keep[:, None, None]
-    return out
-
-
-def probabilities_and_labels(
-    logits: torch.Tensor,
-    out_size: tuple[int, int],
-    config: SegmentConfig,
-    name_to_class: Sequence[int],
-    guide: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stitched name logits (C, h, w) → per-class probabilities (K, H, W) at ``out_size`` and
-    labels (H, W): the post-processing of every path (segment, compare, explain).
-
-    In order: logits resized to ``out_size``; PAMR guided by ``guide`` (the normalised
-    protocol image (3, h', w'), resized likewise) when ``config.refine`` asks for it; ×scale,
-    softmax over names, max over each class's names; SCLIP's area threshold; argmax and the
-    probability threshold; NACLIP's renormalisation (probabilities only).
-    """
-    logits = resize_to(logits, out_size)
-    if config.refine is Refinement.PAMR:
-        if guide is None:
-            raise ValueError("PAMR needs the guide image")
-        logits = pamr(
-            resize_to(guide.float(), out_size),
-            logits.float(),
-            config.pamr_steps,
-            config.pamr_dilations,
-        )
-    probs = class_probabilities(logits, out_size, config.logit_scale, name_to_class)
-    if config.area_threshold is not None:
-        probs = drop_small_areas(probs, config.area_threshold)
-    labels = labels_from_probs(probs, config.prob_threshold)
-    if config.renormalize:
-        probs = probs / probs.sum(dim=0, keepdim=True)
-    return probs, labels

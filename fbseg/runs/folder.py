@@ -27,7 +27,8 @@ IO_THREADS_GPU = 4
 class FolderRun:
     """What ``segment_folder`` did.
 
-    outcomes: this process's images, in input order (with their results);
+    outcomes: this process's images, in input order, each with its digest (class summary,
+              size, meta); the arrays went to ``on_outcome`` and were not kept;
     entries:  every rank's ``summary.json`` entries in input order (a failure to write the
               summary itself is one more failed entry);
     """
@@ -128,9 +129,9 @@ def segment_folder(
         except KeyboardInterrupt:  # outputs are atomic: nothing partial is left behind
             run.interrupted = True
             break
-        run.outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
+        run.outcomes.append(outcome.without_result())  # a long run must not keep every array
     if run.interrupted:
         run.entries = [summary_entry(o) for o in run.outcomes]
         if several:

@@ -8,14 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from fbseg.errors import InputError, OutputError
-from fbseg.result import SegmentationResult
+from fbseg.result import ResultDigest, SegmentationResult
 from fbseg.runs.inputs import InputItem, read_input
 from fbseg.runs.outputs import OutputOptions, output_paths, render_outputs, write_outputs
 
@@ -28,12 +28,21 @@ class ItemStatus(str, Enum):
 
 @dataclass
 class ItemOutcome:
+    """What became of one input. ``result`` (the arrays) is set while the outcome is handed
+    out and dropped by runs that keep outcomes (``without_result``); ``digest`` (size, class
+    summary, meta) stays."""
+
     item: InputItem
     status: ItemStatus
     reason: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     result: SegmentationResult | None = None
     seconds: float = 0.0
+    digest: ResultDigest | None = None
+
+    def without_result(self) -> ItemOutcome:
+        """This outcome without the image's arrays (a long run keeps only the digest)."""
+        return replace(self, result=None)
 
 
 @dataclass
@@ -116,6 +125,7 @@ def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> I
         {k: str(p) for k, p in entry.paths.items()},
         result,
         seconds,
+        result.digest(),
     )
 
 

@@ -21,9 +21,7 @@ def summary_entry(o: ItemOutcome) -> dict:
         "outputs": o.outputs,
         "seconds": round(o.seconds, 4),
         "pixel_fractions": (
-            {c.label: c.pixel_fraction for c in o.result.summary()}
-            if o.result is not None
-            else None
+            {c.label: c.pixel_fraction for c in o.digest.classes} if o.digest is not None else None
         ),
     }
 

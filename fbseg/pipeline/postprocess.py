@@ -1,0 +1,209 @@
+"""Stitched logits → per-class probabilities → labels → per-class statistics, on the device
+the logits are on; then one host transfer of what a result needs.
+
+No function here reads a value back to the host (no ``.item()``, no ``bincount``, whose
+output size depends on the data): on a GPU the whole post-processing of a batch is queued
+behind the model and the host waits once, in ``results_from_device``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fbseg.pipeline.config import Refinement, SegmentConfig
+from fbseg.pipeline.device import to_host
+from fbseg.pipeline.refine import pamr
+from fbseg.result import STAT_MAX, STAT_MEAN, STAT_PIXELS, SegmentationResult
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) → (C, H, W), bilinear (align_corners False), as is when it fits."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def class_probabilities(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    logit_scale: float,
+    name_to_class: Sequence[int],
+) -> torch.Tensor:
+    """Name logits (C, h, w) → resized to ``out_size`` → ×scale → softmax over names → max
+    over each class's names: (K, H, W)."""
+    probs = torch.softmax(resize_to(logits, out_size) * logit_scale, dim=0)
+    return class_maximum(probs, name_to_class)
+
+
+def class_maximum(per_name: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
+    """(C, H, W) per name → (K, H, W): each class takes the maximum over its names."""
+    K = max(name_to_class) + 1
+    if K == per_name.shape[0]:
+        return per_name
+    out = per_name.new_empty((K, *per_name.shape[1:]))
+    for k in range(K):
+        members = [i for i, c in enumerate(name_to_class) if c == k]
+        if members == list(range(members[0], members[-1] + 1)):  # a class's names in a row
+            rows = per_name[members[0] : members[-1] + 1]  # a slice: no index tensor to copy
+        else:
+            rows = per_name[members]
+        out[k] = rows.amax(dim=0)
+    return out
+
+
+def labels_from_probs(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """argmax over classes; pixels whose top probability is below ``threshold`` → class 0."""
+    top, labels = probs.max(dim=0)
+    if threshold > 0:
+        labels = torch.where(top < threshold, torch.zeros_like(labels), labels)
+    return labels
+
+
+def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) int64 pixels per class of labels (H, W) — a ``bincount`` of fixed size, so the
+    device never reports the largest label to the host first."""
+    flat = labels.reshape(-1)
+    return torch.zeros(num_classes, dtype=torch.int64, device=labels.device).scatter_add_(
+        0, flat, torch.ones_like(flat)
+    )
+
+
+def drop_small_areas(probs: torch.Tensor, share: float) -> torch.Tensor:
+    """SCLIP's ``area_thd``: the probabilities (K, H, W) of every class but 0 whose argmax area
+    is not above ``share`` of the area predicted for all classes but 0 are set to 0."""
+    area = label_counts(probs.argmax(dim=0), probs.shape[0])[1:]
+    keep = (area > share * area.sum()).to(probs.dtype)
+    out = probs.clone()
+    out[1:] *= keep[:, None, None]
+    return out
+
+
+def class_statistics(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(3, K) float64 on the device, rows as ``SegmentationResult.class_stats``: pixels per
+    class, the class's mean probability over its pixels (0 where it has none), its highest
+    probability anywhere. Sums are accumulated in float64."""
+    K = probs.shape[0]
+    flat = labels.reshape(-1)
+    picked = probs.reshape(K, -1).gather(0, flat[None])[0].double()
+    sums = torch.zeros(K, dtype=torch.float64, device=probs.device).scatter_add_(0, flat, picked)
+    counts = label_counts(labels, K).double()
+    stats = torch.empty((3, K), dtype=torch.float64, device=probs.device)
+    stats[STAT_PIXELS] = counts
+    stats[STAT_MEAN] = torch.where(counts > 0, sums / counts.clamp_min(1), 0.0)
+    stats[STAT_MAX] = probs.reshape(K, -1).amax(dim=1).double()
+    return stats
+
+
+def compact_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels in the narrowest integer type that holds ``num_classes`` (uint8 up to 256
+    classes): what crosses to the host is an eighth of int64's bytes."""
+    if num_classes <= 256:
+        return labels.to(torch.uint8)
+    return labels.to(torch.int16 if num_classes <= 32768 else torch.int32)
+
+
+def probabilities_and_labels(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    guide: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stitched name logits (C, h, w) → per-class probabilities (K, H, W) at ``out_size`` and
+    labels (H, W): the post-processing of every path (segment, compare, explain).
+
+    In order: logits resized to ``out_size``; PAMR guided by ``guide`` (the normalised
+    protocol image (3, h', w'), resized likewise) when ``config.refine`` asks for it; ×scale,
+    softmax over names, max over each class's names; SCLIP's area threshold; argmax and the
+    probability threshold; NACLIP's renormalisation (probabilities only).
+    """
+    logits = resize_to(logits, out_size)
+    if config.refine is Refinement.PAMR:
+        if guide is None:
+            raise ValueError("PAMR needs the guide image")
+        logits = pamr(
+            resize_to(guide.float(), out_size),
+            logits.float(),
+            config.pamr_steps,
+            config.pamr_dilations,
+        )
+    probs = class_probabilities(logits, out_size, config.logit_scale, name_to_class)
+    if config.area_threshold is not None:
+        probs = drop_small_areas(probs, config.area_threshold)
+    labels = labels_from_probs(probs, config.prob_threshold)
+    if config.renormalize:
+        probs = probs / probs.sum(dim=0, keepdim=True)
+    return probs, labels
+
+
+@dataclass
+class DeviceResult:
+    """One image's outputs still on the device: labels (H, W), class statistics (3, K),
+    host-only labels (H, W) when compared, and how to compute probs (K, H, W) again —
+    from the stitched logits, which are far smaller than the probabilities at full size."""
+
+    labels: torch.Tensor
+    stats: torch.Tensor
+    probs: Callable[[], torch.Tensor]
+    baseline_labels: torch.Tensor | None = None
+
+
+def device_result(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    recompute: Callable[[], torch.Tensor],
+    baseline_labels: torch.Tensor | None = None,
+) -> DeviceResult:
+    """The statistics of ``probs``/``labels`` and compacted labels, queued on the device."""
+    K = probs.shape[0]
+    return DeviceResult(
+        compact_labels(labels, K),
+        class_statistics(probs, labels),
+        recompute,
+        None if baseline_labels is None else compact_labels(baseline_labels, K),
+    )
+
+
+def lazy_probs(recompute: Callable[[], torch.Tensor]) -> Callable[[], np.ndarray]:
+    """``recompute`` run on demand, in inference mode, as float32 numpy."""
+
+    def probs() -> np.ndarray:
+        with torch.inference_mode():
+            return recompute().float().cpu().numpy()
+
+    return probs
+
+
+def results_from_device(
+    pending: Sequence[DeviceResult],
+    classes: tuple[str, ...],
+    names: tuple[tuple[str, ...], ...],
+) -> list[SegmentationResult]:
+    """``SegmentationResult``s with one wait for the device: labels, statistics and host-only
+    labels of every image cross together; probabilities stay behind until asked for."""
+    tensors: list[torch.Tensor] = []
+    for p in pending:
+        tensors += [p.labels, p.stats] + (
+            [p.baseline_labels] if p.baseline_labels is not None else []
+        )
+    arrays = iter(to_host(tensors))
+    out = []
+    for p in pending:
+        labels, stats = next(arrays), next(arrays)
+        baseline = next(arrays) if p.baseline_labels is not None else None
+        out.append(
+            SegmentationResult(
+                labels=labels.astype(np.int64),
+                probs=lazy_probs(p.probs),
+                classes=classes,
+                names=names,
+                baseline_labels=None if baseline is None else baseline.astype(np.int64),
+                class_stats=stats,
+            )
+        )
+    return out

@@ -1,0 +1,222 @@
+"""Post-processing on the device and what crosses to the host: class statistics, compact
+labels, one wait per batch, probabilities computed on access, results not kept by long runs,
+and no CPU tensor inside a forward once it has run."""
+
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from fbseg.classes import parse_classes
+from fbseg.hosts import build_host
+from fbseg.pipeline import postprocess
+from fbseg.pipeline.config import DEFAULTS, Refinement
+from fbseg.pipeline.crop import CropModel, crop_logits
+from fbseg.pipeline.postprocess import (
+    class_statistics,
+    compact_labels,
+    device_result,
+    label_counts,
+    labels_from_probs,
+    probabilities_and_labels,
+)
+from fbseg.pipeline.segmenter import Segmenter
+from fbseg.pipeline.window import slide_many
+from fbseg.result import SegmentationResult
+from fbseg.runs.folder import segment_folder
+from fbseg.runs.outputs import OutputOptions
+
+from conftest import TINY, random_image
+from helpers import bad_folder, with_text
+
+
+def naive_stats(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Pixel count, mean probability over the class's pixels, max probability: one class at a
+    time with boolean masks."""
+    K = probs.shape[0]
+    out = np.zeros((3, K))
+    for k in range(K):
+        mask = labels == k
+        out[0, k] = mask.sum()
+        out[1, k] = probs[k][mask].astype(np.float64).mean() if mask.any() else 0.0
+        out[2, k] = probs[k].max()
+    return out
+
+
+def test_class_statistics_equal_a_per_class_loop():
+    probs = torch.softmax(torch.randn(5, 37, 41) * 3, dim=0)
+    labels = labels_from_probs(probs, 0.5)  # thresholded: class 0 holds pixels it does not top
+    labels[labels == 3] = 4  # and class 3 has no pixel at all
+    stats = class_statistics(probs, labels).numpy()
+    expected = naive_stats(labels.numpy(), probs.numpy())
+    assert expected[0, 3] == 0 and expected[0, 0] > 0
+    np.testing.assert_allclose(stats, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(
+        label_counts(labels, 5).numpy(), np.bincount(labels.numpy().ravel(), minlength=5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("K", "dtype"), [(21, torch.uint8), (256, torch.uint8), (300, torch.int16)]
+)
+def test_compact_labels_keep_every_value(K, dtype):
+    labels = torch.randint(0, K, (17, 19))
+    labels[0, 0] = K - 1
+    small = compact_labels(labels, K)
+    assert small.dtype == dtype
+    np.testing.assert_array_equal(small.numpy().astype(np.int64), labels.numpy())
+
+
+def tiny_segmenter(tiny_clip, **config) -> Segmenter:
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host="naclip",
+        device="cpu",
+        precision="fp32",
+        config=DEFAULTS.replace(short_side=64, window=64, stride=32, **config),
+    )
+    with_text(seg, ["cat", "sofa", "couch", "floor"], 32)
+    return seg
+
+
+@pytest.mark.parametrize("settings", [{}, {"prob_threshold": 0.6}, {"refine": Refinement.PAMR}])
+def test_summary_from_the_device_equals_one_from_the_arrays(tiny_clip, settings):
+    seg = tiny_segmenter(tiny_clip, **settings)
+    result = seg.segment(random_image(90, 130, seed=2), "cat,sofa; couch,floor")
+    expected = naive_stats(result.labels, result.probs)
+    np.testing.assert_allclose(result.class_stats, expected, rtol=1e-9, atol=1e-12)
+    for s, pixels, mean, top in zip(result.summary(), *expected):
+        assert s.pixel_fraction == pytest.approx(pixels / result.labels.size, abs=1e-12)
+        assert (s.mean_confidence, s.max_confidence) == pytest.approx((mean, top), abs=1e-9)
+    assert result.labels.dtype == np.int64 and result.labels.shape == (90, 130)
+
+
+def test_a_batch_crosses_to_the_host_once(tiny_clip, monkeypatch):
+    seg = tiny_segmenter(tiny_clip)
+    calls = []
+    real = postprocess.to_host
+
+    def spy(tensors):
+        calls.append([t.dtype for t in tensors])
+        return real(tensors)
+
+    monkeypatch.setattr(postprocess, "to_host", spy)
+    images = [random_image(70 + 10 * i, 100, seed=i) for i in range(3)]
+    results = seg.segment_batch(images, "cat,sofa; couch,floor", compare=True)
+    # labels, statistics and host-only labels of the three images, in one transfer
+    assert calls == [[torch.uint8, torch.float64, torch.uint8] * 3]
+    assert all(r.baseline_labels.dtype == np.int64 for r in results)
+
+
+def test_probs_are_computed_once_on_first_access():
+    made = []
+
+    def compute() -> np.ndarray:
+        made.append(1)
+        return np.full((2, 3, 4), 0.5, dtype=np.float32)
+
+    r = SegmentationResult(np.zeros((3, 4), np.int64), compute, ("a", "b"), (("a",), ("b",)))
+    assert made == []
+    threads = [threading.Thread(target=lambda: r.probs) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == [1] and r.probs is r.probs
+    assert r.summary()[0].mean_confidence == 0.5 and r.summary()[1].pixel_fraction == 0.0
+
+
+def test_lazy_probs_equal_the_eager_computation(tiny_clip):
+    """With PAMR, the most costly recomputation: the probabilities given on access are the
+    ones the labels were taken from."""
+    seg = tiny_segmenter(tiny_clip, refine=Refinement.PAMR)
+    image = random_image(80, 120, seed=4)
+    result = seg.segment(image, "cat,sofa; couch,floor")
+    np.testing.assert_array_equal(result.probs.argmax(axis=0), result.labels)
+    again = seg.segment(image, "cat,sofa; couch,floor")
+    np.testing.assert_array_equal(result.probs, again.probs)
+
+
+def test_a_folder_run_keeps_digests_not_arrays(tmp_path, tiny_clip):
+    seg = tiny_segmenter(tiny_clip)
+    bad_folder(tmp_path / "in")
+    classes = parse_classes("cat,floor")
+    seen = []
+
+    def on_outcome(outcome):
+        if outcome.result is not None:
+            seen.append(weakref.ref(outcome.result))
+
+    opts = OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels)
+    run = segment_folder(seg, [str(tmp_path / "in")], classes, opts, on_outcome=on_outcome)
+    gc.collect()
+    assert len(seen) == run.done_here > 0
+    assert all(ref() is None for ref in seen)  # no array outlives its files
+    done = [o for o in run.outcomes if o.digest is not None]
+    assert len(done) == len(seen) and all(o.result is None for o in run.outcomes)
+    assert [c.label for c in done[0].digest.classes] == ["cat", "floor"]
+
+
+class CpuTensorWatch(TorchDispatchMode):
+    """Records every operation that reads or makes a CPU tensor. On a GPU each would be a
+    host computation or a copy that makes the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in tensors):
+            self.seen.append(str(func))
+        return out
+
+
+HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip"]
+
+
+@pytest.mark.parametrize("host_name", HOSTS_ON_META)
+def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt):
+    """On the meta device (no data, any device but the CPU would do), after a first call —
+    which builds and keeps constants such as NACLIP's Gaussian on the device — a window
+    batch, its stitching and the post-processing touch no CPU tensor."""
+    import copy
+
+    from fbseg.hosts import HOSTS
+    from fbseg.hosts.base import HostOptions
+
+    host = (
+        HOSTS.get("proxyclip").build(HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt))
+        if host_name == "proxyclip"
+        else build_host(host_name)
+    )
+    model = CropModel(copy.deepcopy(tiny_clip.visual).to("meta"), host.to("meta", torch.float32))
+    text = torch.zeros(4, 32, device="meta")
+    cfg = DEFAULTS.replace(prob_threshold=0.3, area_threshold=0.1, renormalize=True)
+
+    def run_once():
+        images = [torch.zeros(3, 70, 100, device="meta"), torch.zeros(3, 64, 64, device="meta")]
+        logits = slide_many(
+            images,
+            lambda crops: crop_logits(model, crops, text, feedback=True, lam=3.0, window=64),
+            window=64,
+            stride=32,
+            pad_multiple=host.pad_multiple or 16,
+        )
+        for image, one in zip(images, logits):
+            probs, labels = probabilities_and_labels(one, (90, 120), cfg, [0, 1, 1, 2], image)
+            device_result(probs, labels, lambda p=probs: p)
+
+    with torch.inference_mode():
+        run_once()
+        watch = CpuTensorWatch()
+        with watch:
+            run_once()
+    assert watch.seen == []
