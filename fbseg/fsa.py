@@ -26,7 +26,11 @@ def feedback_distribution(s_host: torch.Tensor, s_uni: torch.Tensor) -> torch.Te
     return torch.softmax(s_host - s_uni, dim=-1)
 
 
-ROW_CHUNK = 64
+# Rows of A_fb computed together: as many as keep one chunk's fp32 temporaries at about this
+# many elements (one pass for the usual windows; a large grid, such as a SAM proxy's 64×64,
+# goes in chunks), never fewer than MIN_ROWS.
+CHUNK_ELEMENTS = 2**22
+MIN_ROWS = 64
 
 
 def _affinity_rows(
@@ -64,21 +68,33 @@ def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -
     return torch.softmax(weights, dim=-1)
 
 
+def rows_per_chunk(batch: int, n: int) -> int:
+    """Rows of an (batch, n, n) row-wise computation done at once (see ``CHUNK_ELEMENTS``)."""
+    return min(n, max(MIN_ROWS, CHUNK_ELEMENTS // max(1, batch * n)))
+
+
 def feedback_attention(
-    P: torch.Tensor, lam: float, p: float = NUCLEUS_P, row_chunk: int = ROW_CHUNK
+    P: torch.Tensor,
+    lam: float,
+    p: float = NUCLEUS_P,
+    row_chunk: int | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """A_fb (B, N, N) fp32 from the class distribution P (B, N, C). Rows sum to 1.
+    """A_fb (B, N, N) from the class distribution P (B, N, C). Rows sum to 1.
 
     Computed in fp32 whatever P's dtype: log P of a peaked P (entries below ~6e-8 are 0 in
     fp16) and the product-form KL need it, and S·exp(λS) amplifies any error near the cut.
     A row of A_fb depends on its row of S alone, so rows are computed ``row_chunk`` at a
-    time: peak memory is the output plus one chunk's temporaries, not ~8 N×N arrays.
+    time (default ``rows_per_chunk``): peak memory is the output plus one chunk's
+    temporaries, not ~8 N×N arrays. Each chunk is stored in ``out_dtype`` (default fp32) as
+    it is done, so a half-precision A_fb never exists in fp32 whole.
     """
     P = P.float()
     B, N, _ = P.shape
+    row_chunk = row_chunk or rows_per_chunk(B, N)
     log_p = torch.log(P + LOG_EPS)
     entropy = (P * log_p).sum(dim=-1, keepdim=True)
-    out = torch.empty((B, N, N), dtype=P.dtype, device=P.device)
+    out = torch.empty((B, N, N), dtype=out_dtype or P.dtype, device=P.device)
     for start in range(0, N, row_chunk):
         rows = slice(start, start + row_chunk)
         out[:, rows] = attention_from_affinity(

@@ -3,12 +3,14 @@ window that does not fit fails its image with one line and the run goes on. Faul
 injected at the model call (no GPU here)."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.segmenter import Segmenter
 
+import naive
 from conftest import TINY, random_image
 from helpers import with_text
 
@@ -86,3 +88,41 @@ def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, t
     reason = status["wide.png"].reason
     assert "64×160 window does not fit" in reason and "\n" not in reason
     assert run.exit_code == 4 and (tmp_path / "out" / "square.mask.png").exists()
+
+
+def _has_nnc(shapes, n_min: int, C: int) -> list:
+    """Shapes with the names axis C and one patch axis (≥ n_min) twice: an N×N×C array."""
+    return [
+        s
+        for s in shapes
+        if C in s and any(s.count(n) >= 2 for n in set(s) if n >= n_min and n != C)
+    ]
+
+
+@pytest.mark.parametrize("host", ["maskclip", "sclip", "clearclip", "naclip", "proxyclip"])
+def test_no_configuration_makes_an_n_by_n_by_c_array(host, tiny_clip, dino_ckpt):
+    """Every tensor a segmentation makes, FSA on and compared, for each host: none holds the
+    patches twice and the names (the reference's KL does). The watcher finds the naive form's."""
+    from fbseg.hosts import HOSTS
+    from fbseg.hosts.base import HostOptions
+    from fbseg.tensor_memory import TensorMemory
+
+    options = HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt)
+    seg = Segmenter(
+        tiny_clip,
+        model_name=TINY,
+        host=HOSTS.get(host).build(options),
+        device="cpu",
+        precision="fp32",
+        config=SegmentConfig(short_side=64, window=64, stride=32),
+    )
+    names = [f"n{i}" for i in range(7)]  # C = 7: no other axis has this length
+    with_text(seg, names, 32)
+    with TensorMemory() as mem:
+        seg.segment(random_image(64, 100, seed=3), names, compare=True)
+    assert _has_nnc(mem.shapes, 16, 7) == []
+    assert any(16 in s or 64 in s for s in mem.shapes)  # the patch grid was seen at all
+
+    with TensorMemory() as naive_mem:
+        naive.kl_dense(torch.softmax(torch.randn(16, 7), dim=-1))
+    assert _has_nnc(naive_mem.shapes, 16, 7) != []

@@ -10,6 +10,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from fbseg.fsa import rows_per_chunk
 from fbseg.models.constants import on_device
 
 
@@ -43,12 +44,20 @@ def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Ten
 
     Cosine similarity S of L2-normalised features, one mean μ per crop, γ(S − βμ), entries
     below 0 masked, row softmax. The diagonal is always kept so no row is all −inf.
+    S is made once in fp32 and turned into the logits in place; the mask and the softmax go
+    ``rows_per_chunk`` rows at a time into the output, in the features' dtype. Peak memory:
+    S and the output, not the five M×M arrays of the plain form (a SAM proxy's M is 4096).
     """
     f = F.normalize(feats.float(), dim=1)
+    B, _, M = f.shape
     S = f.transpose(1, 2) @ f  # (B, M, M)
     mu = S.mean(dim=(1, 2), keepdim=True)
-    logits = gamma * (S - beta * mu)
-    drop = logits < 0
-    drop.diagonal(dim1=1, dim2=2).fill_(False)
-    logits = logits.masked_fill(drop, float("-inf"))
-    return torch.softmax(logits, dim=-1).to(feats.dtype).unsqueeze(1)
+    logits = S.sub_(beta * mu).mul_(gamma)  # γ(S − βμ), in S's memory
+    out = torch.empty((B, M, M), dtype=feats.dtype, device=feats.device)
+    chunk = rows_per_chunk(B, M)
+    for start in range(0, M, chunk):
+        rows = logits[:, start : start + chunk]
+        drop = rows < 0
+        drop.diagonal(offset=start, dim1=1, dim2=2).fill_(False)
+        out[:, start : start + chunk] = torch.softmax(rows.masked_fill_(drop, float("-inf")), -1)
+    return out.unsqueeze(1)

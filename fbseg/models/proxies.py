@@ -95,8 +95,21 @@ def proxy_features(
     (normalised with ``clip_mean``/``clip_std``)."""
     x = proxy_input(crops, clip_mean, clip_std)
     if spec.input is ProxyInput.SAM:
-        x = F.interpolate(x, size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)
-        return model.forward_features(x)
+        # 1024² per crop: 64×64 tokens whose global blocks add a heads×4096² position bias,
+        # so crops go one at a time (one already fills a GPU) and the peak is one crop's.
+        return torch.cat(
+            [
+                model.forward_features(
+                    F.interpolate(
+                        x[i : i + 1],
+                        size=(SAM_INPUT, SAM_INPUT),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                )
+                for i in range(x.shape[0])
+            ]
+        )
     if spec.input is ProxyInput.WINDOW:
         x = F.interpolate(x, size=(window, window), mode="bilinear", align_corners=False)
     return _vit_features(model, x, spec.pos)

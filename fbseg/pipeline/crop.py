@@ -85,7 +85,7 @@ def crop_logits(
         project(model.visual, last.uniform_output()).float(), text32, fsa.UNIFORM_SCALE
     )
     P = fsa.feedback_distribution(s_host, s_uni)
-    A_fb = fsa.feedback_attention(P, lam).to(last.v.dtype)
+    A_fb = fsa.feedback_attention(P, lam, out_dtype=last.v.dtype)
     tokens = last.finish(fsa.ensemble_apply(last.attn, A_fb, last.v, Av))
     if capture is not None:
         capture.attn, capture.feedback, capture.P = last.attn, A_fb, P

@@ -111,14 +111,15 @@ def slide_many(
                     on_shrink(windows_per_forward)
                 continue
             start += len(chunk)
-            logits = F.interpolate(
-                logits, size=crops.shape[-2:], mode="bilinear", align_corners=False
-            )
-            logits = logits[:, :, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
-            for (i, (y1, y2, x1, x2)), crop in zip(chunk, logits):
+            size = crops.shape[-2:]
+            for j, (i, (y1, y2, x1, x2)) in enumerate(chunk):
+                # one window at a time: C×h×w, not the batch's B×C×h×w, at full resolution
+                crop = F.interpolate(
+                    logits[j : j + 1], size=size, mode="bilinear", align_corners=False
+                )[0]
                 if totals[i] is None:
                     totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
-                totals[i][:, y1:y2, x1:x2] += crop
+                totals[i][:, y1:y2, x1:x2] += crop[:, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
                 counts[i][:, y1:y2, x1:x2] += 1
     return [total / count for total, count in zip(totals, counts)]
 
