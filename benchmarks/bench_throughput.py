@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from fbseg.eval.datasets import DATASETS
+    from fbseg.pipeline.device import default_images_per_call
 
     tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
     if not (args.checkpoint and args.proxy_checkpoint):
@@ -159,7 +160,7 @@ def main() -> None:
                 }
             )
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
-        default_group = 4 if device.type == "cuda" else 1
+        default_group = default_images_per_call(device)
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),

@@ -14,7 +14,7 @@ from fbseg.engines import DEFAULT_ENGINE, ENGINES
 from fbseg.hosts import DEFAULT_HOST, HOSTS
 from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
-from fbseg.pipeline.config import DEFAULTS, Refinement, SegmentConfig
+from fbseg.pipeline.config import DEFAULTS, IMAGES_PER_CALL, Refinement, SegmentConfig
 from fbseg.presets import DEFAULT_PRESET, PRESETS, Preset
 
 MODEL, OUTPUT, PERF, PROTOCOL = "Model", "Output", "Performance", "Protocol"
@@ -181,6 +181,18 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help="auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16.",
+        rich_help_panel=PERF,
+    ),
+]
+BatchOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--batch",
+        min=1,
+        help=(
+            "Images whose windows share one model batch (default: "
+            f"{IMAGES_PER_CALL['cpu']} on CPU, {IMAGES_PER_CALL['cuda']} on GPU)."
+        ),
         rich_help_panel=PERF,
     ),
 ]

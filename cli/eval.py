@@ -13,6 +13,7 @@ from fbseg.eval.datasets import DATASETS
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
     OUTPUT,
+    BatchOpt,
     CheckpointOpt,
     DebugOpt,
     DeviceOpt,
@@ -88,6 +89,7 @@ def eval_command(
         bool,
         typer.Option("--json", help="Print the report as JSON on stdout.", rich_help_panel=OUTPUT),
     ] = False,
+    batch_images: BatchOpt = None,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -119,7 +121,13 @@ def eval_command(
 
             try:
                 report = evaluate.evaluate(
-                    seg, spec, mine, config=config, work_dir=work_dir, on_image=step
+                    seg,
+                    spec,
+                    mine,
+                    config=config,
+                    work_dir=work_dir,
+                    on_image=step,
+                    images_per_call=batch_images,
                 )
             except KeyboardInterrupt:  # every finished image's counts are already on disk
                 fail(f"interrupted: {len(done)} of {len(mine)} images scored; rerun to resume", 130)

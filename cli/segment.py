@@ -13,7 +13,7 @@ from rich.markup import escape
 from ._console import err, fail, guarded, progress_bar, stdout_line
 from ._options import (
     OUTPUT,
-    PERF,
+    BatchOpt,
     CheckpointOpt,
     ClassesFileOpt,
     ClassesOpt,
@@ -152,15 +152,7 @@ def segment(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_images: Annotated[
-        Optional[int],
-        typer.Option(
-            "--batch",
-            min=1,
-            help="Images whose windows share one model batch (default: 1 on CPU, 4 on GPU).",
-            rich_help_panel=PERF,
-        ),
-    ] = None,
+    batch_images: BatchOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     flags = dict(locals())

@@ -173,6 +173,27 @@ def test_eval_end_to_end_matches_per_image_segmentation_and_resumes(
     assert r2.exit_code == 0 and json.loads(r2.stdout)["mIoU"] == report["mIoU"]
 
 
+def test_eval_batches_images_into_one_call_with_the_same_scores(tmp_path, tiny_ckpt, monkeypatch):
+    from fbseg.pipeline.segmenter import Segmenter
+
+    make_dataset("voc20", tmp_path / "data", n=3, size=(40, 56))
+    one = CliRunner().invoke(app, _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w1"))
+    sizes = []
+    real = Segmenter.segment_batch
+
+    def spy(self, images, *a, **k):
+        sizes.append(len(images))
+        return real(self, images, *a, **k)
+
+    monkeypatch.setattr(Segmenter, "segment_batch", spy)
+    args = _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "w2") + ["--batch", "2"]
+    two = CliRunner().invoke(app, args)
+    assert one.exit_code == two.exit_code == 0, two.output
+    assert sizes == [2, 1]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert a["per_class"] == b["per_class"] and a["mIoU"] == b["mIoU"]
+
+
 def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):
     from fbseg.pipeline.segmenter import Segmenter
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
 from fbseg.io import atomic_write_bytes
 from fbseg.pipeline.config import SegmentConfig
+from fbseg.pipeline.device import default_images_per_call
 
 
 def run_key(identity: dict, spec: DatasetSpec, config: SegmentConfig) -> str:
@@ -81,40 +83,52 @@ def iter_counts(
     samples: Sequence[Sample],
     cache: CountsCache,
     config: SegmentConfig,
-    prefetch: int = 2,
+    images_per_call: int = 1,
 ) -> Iterator[ImageCounts]:
-    """Counts of each sample in order: from the cache, or segmented now (the next images are
-    decoded and resized in a background thread while the model runs)."""
+    """Counts of every sample: the cached ones first, then the rest segmented
+    ``images_per_call`` at a time (their windows share model batches), the next images
+    decoded and resized in background threads while the model runs."""
     classes = spec.classes()
-    cached = {s.id: cache.get(s, spec.num_classes) for s in samples}  # each file read once
-    todo = [s for s in samples if cached[s.id] is None]
+    todo = []
+    for sample in samples:
+        counts = cache.get(sample, spec.num_classes)
+        if counts is None:
+            todo.append(sample)
+        else:
+            yield ImageCounts(sample, counts, True, 0.0)
 
     def load(sample: Sample):
         return segmenter.prepare(sample.image, config), load_label(
             sample.label, spec.reduce_zero_label
         )
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fbseg-eval-read") as pool:
-        pending = {s.id: pool.submit(load, s) for s in todo[:prefetch]}
-        next_index = min(prefetch, len(todo))
-        for sample in samples:
-            if cached[sample.id] is not None:
-                yield ImageCounts(sample, cached.pop(sample.id), True, 0.0)
-                continue
+    ahead = 2 * images_per_call
+    threads = min(4, images_per_call)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fbseg-eval-read") as pool:
+        queued: deque = deque()
+        rest = iter(todo)
+
+        def fill() -> None:
+            while len(queued) < ahead and (sample := next(rest, None)) is not None:
+                queued.append((sample, pool.submit(load, sample)))
+
+        fill()
+        while queued:
+            group = [queued.popleft() for _ in range(min(images_per_call, len(queued)))]
+            fill()
             t0 = time.perf_counter()
-            prepared, label = pending.pop(sample.id).result()
-            if next_index < len(todo):
-                pending[todo[next_index].id] = pool.submit(load, todo[next_index])
-                next_index += 1
-            result = segmenter.segment_batch([prepared], classes, config)[0]
-            if result.labels.shape != label.shape:
-                raise InputError(
-                    f"{sample.label}: label map {label.shape[::-1]} does not match "
-                    f"image {result.labels.shape[::-1]}"
-                )
-            counts = area_counts(result.labels, label, spec.num_classes)
-            cache.put(sample, counts)
-            yield ImageCounts(sample, counts, False, time.perf_counter() - t0)
+            loaded = [(sample, *future.result()) for sample, future in group]
+            results = segmenter.segment_batch([p for _, p, _ in loaded], classes, config)
+            seconds = (time.perf_counter() - t0) / len(loaded)
+            for (sample, _, label), result in zip(loaded, results):
+                if result.labels.shape != label.shape:
+                    raise InputError(
+                        f"{sample.label}: label map {label.shape[::-1]} does not match "
+                        f"image {result.labels.shape[::-1]}"
+                    )
+                counts = area_counts(result.labels, label, spec.num_classes)
+                cache.put(sample, counts)
+                yield ImageCounts(sample, counts, False, seconds)
 
 
 @dataclass
@@ -152,9 +166,12 @@ def evaluate(
     config: SegmentConfig | None = None,
     work_dir: Path | None = None,
     on_image: Callable[[ImageCounts], None] | None = None,
+    images_per_call: int | None = None,
 ) -> EvalReport:
     """Score ``samples`` with ``config`` (default: the segmenter's FSA settings with the
-    dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``."""
+    dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``.
+    ``images_per_call`` images share one model batch (default: ``images_per_call`` of the
+    device: 1 on a CPU, 4 on a GPU); the counts do not depend on it."""
     config = config or spec.config(segmenter.config)
     identity = segmenter.identity(config)
     key = run_key(identity, spec, config)
@@ -162,7 +179,8 @@ def evaluate(
     cache = CountsCache(folder)
     totals = np.zeros((4, spec.num_classes), np.int64)
     t0 = time.perf_counter()
-    for item in iter_counts(segmenter, spec, samples, cache, config):
+    group = images_per_call or default_images_per_call(segmenter.device)
+    for item in iter_counts(segmenter, spec, samples, cache, config, group):
         totals += item.counts
         if on_image is not None:
             on_image(item)

@@ -13,6 +13,12 @@ from enum import Enum
 
 from fbseg.errors import ConfigError
 
+# By device type (others as "cpu"): images whose windows share one model batch (--batch), and
+# decoder and writer threads each. A GPU needs several images per call and threads to feed
+# it; on a CPU the model already uses every core.
+IMAGES_PER_CALL = {"cpu": 1, "cuda": 4}
+IO_THREADS = {"cpu": 1, "cuda": 4}
+
 
 class Refinement(str, Enum):
     """Post-processing of the per-name logits at the image size."""

@@ -8,8 +8,19 @@ import numpy as np
 import torch
 
 from fbseg.errors import ConfigError
+from fbseg.pipeline.config import IMAGES_PER_CALL, IO_THREADS
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_images_per_call(device: torch.device) -> int:
+    """``--batch`` when not given (``IMAGES_PER_CALL``)."""
+    return IMAGES_PER_CALL.get(device.type, IMAGES_PER_CALL["cpu"])
+
+
+def default_io_threads(device: torch.device) -> int:
+    """Decoder threads and writer threads (each) beside the model (``IO_THREADS``)."""
+    return IO_THREADS.get(device.type, IO_THREADS["cpu"])
 
 
 def resolve_device(device: str) -> torch.device:

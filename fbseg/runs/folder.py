@@ -10,6 +10,7 @@ from pathlib import Path
 from fbseg.classes import ClassList
 from fbseg.errors import ConfigError, FbsegError
 from fbseg.pipeline.config import SegmentConfig
+from fbseg.pipeline.device import default_images_per_call, default_io_threads
 from fbseg.pipeline.engine import Engine
 from fbseg.runs import distributed
 from fbseg.runs.inputs import RUN_SUMMARY, InputItem, InputScan, check_inputs, collect_inputs
@@ -18,9 +19,6 @@ from fbseg.runs.stream import ItemOutcome, ItemStatus, stream_items
 from fbseg.runs.summary import summary_entry, write_run_summary
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 4, 130
-# Decoder and writer threads each beside a GPU (PNG/JPEG coding releases the GIL); on a CPU
-# the model already uses every core.
-IO_THREADS_GPU = 4
 
 
 @dataclass
@@ -100,7 +98,7 @@ def segment_folder(
         raise ConfigError("- reads an image from stdin, but no stdin was given")
     dist = dist or distributed.from_environment()
     engine.encode_text(classes)  # a bad class list fails once, before the loop
-    group = images_per_group or (4 if engine.device.type == "cuda" else 1)
+    group = images_per_group or default_images_per_call(engine.device)
     run = FolderRun(skipped_non_images=scan.skipped_non_images)
     if dist.is_main:
         run.outcomes = [
@@ -119,7 +117,7 @@ def segment_folder(
         stdin_reader=stdin_reader,
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
-        io_threads=IO_THREADS_GPU if engine.device.type == "cuda" else 1,
+        io_threads=default_io_threads(engine.device),
     )
     while True:
         try:
