@@ -9,6 +9,13 @@ DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks 
     python benchmarks/bench_throughput.py [--device cuda] [--images 64] [--batches 1 4 16]
         [--hosts proxyclip naclip] [--json out.json]
     python benchmarks/bench_throughput.py --device cpu --images 4 --batches 1 2 --hosts naclip
+
+``--tree DIR`` imports fbseg from another checkout (``git worktree add DIR COMMIT``) and,
+with ``--model-only``, measures only what every version has (``Segmenter.from_pretrained``,
+``prepare``, ``segment_batch``): run it beside a plain run on the same card for a ratio.
+``--windows 8 32`` also measures the largest images-per-call setting at other window batch
+sizes. On CUDA each model-only row counts the host's waits for the device in one call
+(``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+if "--tree" in sys.argv:  # before fbseg is imported anywhere
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 
 from bench_pipeline import _random_weights, make_folder  # noqa: E402
 
@@ -46,7 +55,7 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def _segmenter(args, host: str, reference: bool = False):
-    from fbseg.pipeline.segmenter import Segmenter
+    from fbseg import Segmenter
 
     if reference:
         import fbseg.pipeline.crop
@@ -80,7 +89,25 @@ def model_only(seg, prepared, classes, per_call: int) -> dict:
         seg.segment_batch(prepared[start : start + per_call], classes)
     _sync(seg.device)
     seconds = time.perf_counter() - t0
-    return {"images_per_s": len(prepared) / seconds, "peak_mb": _peak_mb(seg.device)}
+    out = {"images_per_s": len(prepared) / seconds, "peak_mb": _peak_mb(seg.device)}
+    if seg.device.type == "cuda":
+        out["host_waits"] = host_waits(seg, prepared[:per_call], classes)
+    return out
+
+
+def host_waits(seg, prepared, classes) -> int:
+    """How often one ``segment_batch`` call makes the host wait for the GPU (each is a
+    warning of ``torch.cuda.set_sync_debug_mode``)."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seg.segment_batch(prepared, classes)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def flops_per_image(seg, prepared, classes) -> float:
@@ -130,10 +157,18 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--proxy-checkpoint")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--tree", help="import fbseg from this checkout")
+    ap.add_argument("--model-only", action="store_true", help="model-only rows and FLOPs only")
+    ap.add_argument("--windows", type=int, nargs="*", default=[], help="other window batches")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from fbseg.eval.datasets import DATASETS
-    from fbseg.pipeline.device import default_images_per_call
+    try:
+        from fbseg.eval.datasets import DATASETS
+        from fbseg.pipeline.device import default_images_per_call
+    except ImportError:  # a tree from before the package layout (--tree, --model-only)
+        from fbseg.datasets import DATASETS
+
+        default_images_per_call = None
 
     tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
     if not (args.checkpoint and args.proxy_checkpoint):
@@ -159,6 +194,21 @@ def main() -> None:
                     "tflops": flops * r["images_per_s"] / 1e12,
                 }
             )
+        for windows in args.windows:
+            keep, seg.windows_per_forward = seg.windows_per_forward, windows
+            r = model_only(seg, prepared, classes, max(args.batches))
+            seg.windows_per_forward = keep
+            report["rows"].append(
+                {
+                    "host": host,
+                    "what": f"model only, {max(args.batches)}/call, {windows} windows/forward",
+                    **r,
+                    "tflops": flops * r["images_per_s"] / 1e12,
+                }
+            )
+        report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
+        if args.model_only:
+            continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
         default_group = default_images_per_call(device)
         for label, outputs in (
@@ -189,23 +239,30 @@ def main() -> None:
             import reference_form
 
             reference_form.restore()
-        report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
     report["device"] = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)"
     )
+    import fbseg
+
+    report["tree"] = str(Path(fbseg.__file__).resolve().parent.parent)
     print(
-        f"device: {report['device']}; {args.images} images of 300–600 px; VOC21's 46 names; "
-        "random weights unless --checkpoint"
+        f"device: {report['device']}; fbseg from {report['tree']}; {args.images} images of "
+        "300–600 px; VOC21's 46 names; random weights unless --checkpoint"
     )
-    print(f"{'host':<10} {'what':<42} {'img/s':>8} {'peak MB':>8} {'TFLOP/s':>8} {'of model':>8}")
+    print(
+        f"{'host':<10} {'what':<50} {'img/s':>8} {'peak MB':>8} {'TFLOP/s':>8} {'of model':>8} "
+        f"{'waits':>5}"
+    )
     for r in report["rows"]:
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
         tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
         of = f"{r['of_model']:.2f}×" if "of_model" in r else ""
+        waits = str(r["host_waits"]) if "host_waits" in r else ""
         print(
-            f"{r['host']:<10} {r['what']:<42} {r['images_per_s']:>8.2f} {peak:>8} {tf:>8} {of:>8}"
+            f"{r['host']:<10} {r['what']:<50} {r['images_per_s']:>8.2f} {peak:>8} {tf:>8} "
+            f"{of:>8} {waits:>5}"
         )
     for host, flops in report["flops_per_image"].items():
         print(f"{host}: {flops / 1e12:.3f} TFLOP per image (FlopCounterMode)")

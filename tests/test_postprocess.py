@@ -220,3 +220,15 @@ def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt
         with watch:
             run_once()
     assert watch.seen == []
+
+
+def test_the_same_names_reuse_their_device_copy(tiny_clip):
+    """Every call of a run asks for the same names: their embeddings are stacked and copied to
+    the device once, and again only when an embedding changes."""
+    seg = tiny_segmenter(tiny_clip)
+    first = seg.encode_text("cat,sofa; couch,floor")
+    assert seg.encode_text("cat,sofa; couch,floor") is first
+    assert seg.encode_text("cat,floor") is not first
+    with_text(seg, ["cat", "sofa", "couch", "floor"], 32, seed=9)  # new embeddings
+    again = seg.encode_text("cat,sofa; couch,floor")
+    assert again is not first and not torch.equal(again, first)

@@ -104,8 +104,13 @@ def render_outputs(
             Image.fromarray(disagreement(rgb, result.baseline_labels, result.labels)), fast=True
         )
     if opts.masks is MaskMode.PER_CLASS:
-        for k in range(len(result.classes)):
-            out[f"mask:{k}"] = binary_png(result.labels == k)
+        empty = None  # every absent class has the same all-black mask: encoded once
+        for k, summary in enumerate(classes):
+            if summary.pixel_fraction > 0:
+                out[f"mask:{k}"] = binary_png(result.labels == k)
+            else:
+                empty = empty or binary_png(np.zeros(result.image_size, dtype=bool))
+                out[f"mask:{k}"] = empty
     return out
 
 
