@@ -10,8 +10,15 @@ import torch
 import torch.nn.functional as F
 
 
-def feedback_attention(P: torch.Tensor, lam: float, p: float = 0.45) -> torch.Tensor:
-    """A_fb (B, N, N) from P (B, N, C) through the dense (B, N, N, C) KL."""
+def feedback_attention(
+    P: torch.Tensor, lam: float, p: float = 0.45, row_chunk=None, out_dtype=None
+) -> torch.Tensor:
+    """A_fb (B, N, N) from P (B, N, C) through the dense (B, N, N, C) KL, whole (fbseg's
+    ``row_chunk`` is ignored); in ``out_dtype`` when given."""
+    return _reference_feedback(P, lam, p).to(out_dtype or P.dtype)
+
+
+def _reference_feedback(P: torch.Tensor, lam: float, p: float) -> torch.Tensor:
     logp = torch.log(P + 1e-10)
     kl = torch.sum(P.unsqueeze(2) * (logp.unsqueeze(2) - logp.unsqueeze(1)), dim=3).clamp(min=0)
     sim = 1 / (kl + 1.0)
