@@ -164,10 +164,11 @@ def main() -> None:
     args = ap.parse_args()
     try:
         from fbseg.eval.datasets import DATASETS
-        from fbseg.pipeline.device import default_images_per_call
     except ImportError:  # a tree from before the package layout (--tree, --model-only)
         from fbseg.datasets import DATASETS
-
+    try:
+        from fbseg.pipeline.device import default_images_per_call
+    except ImportError:  # an older tree: segment_folder's own default
         default_images_per_call = None
 
     tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
@@ -210,7 +211,7 @@ def main() -> None:
         if args.model_only:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
-        default_group = default_images_per_call(device)
+        default_group = default_images_per_call(device) if default_images_per_call else None
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),
@@ -225,7 +226,7 @@ def main() -> None:
             report["rows"].append(
                 {
                     "host": host,
-                    "what": f"{label} (group {default_group})",
+                    "what": f"{label} (group {default_group or 'default'})",
                     **r,
                     "of_model": r["images_per_s"] / best,
                 }

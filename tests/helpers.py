@@ -99,3 +99,22 @@ def with_text(seg, classes, dim, seed=5):
     names = [n.strip() for c in classes for n in c.split(";")]
     for name, emb in zip(names, random_text(len(names), dim, seed)):
         seg.text_cache.memory[name] = emb.numpy()
+
+
+def tiny_segmenter(clip, names, host="naclip", config=None, **kwargs):
+    """A CPU fp32 Segmenter on the tiny CLIP with fixed random embeddings for ``names``
+    (``config``: a SegmentConfig, default the library's; ``kwargs`` go to Segmenter)."""
+    from fbseg.pipeline.config import DEFAULTS
+    from fbseg.pipeline.segmenter import Segmenter
+
+    seg = Segmenter(
+        clip,
+        model_name=TINY,
+        host=host,
+        device="cpu",
+        precision="fp32",
+        config=config or DEFAULTS,
+        **kwargs,
+    )
+    with_text(seg, names, 32)
+    return seg

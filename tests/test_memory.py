@@ -12,7 +12,7 @@ from fbseg.pipeline.segmenter import Segmenter
 
 import naive
 from conftest import TINY, random_image
-from helpers import with_text
+from helpers import tiny_segmenter, with_text
 
 
 def _oom_when(monkeypatch, too_big):
@@ -33,16 +33,8 @@ def _oom_when(monkeypatch, too_big):
 
 
 def test_batch_halved_on_out_of_memory_gives_the_same_result(tiny_clip, monkeypatch):
-    seg = Segmenter(
-        tiny_clip,
-        model_name=TINY,
-        host="naclip",
-        device="cpu",
-        precision="fp32",
-        windows_per_forward=8,
-    )
+    seg = tiny_segmenter(tiny_clip, ["cat", "sofa", "couch", "floor"], windows_per_forward=8)
     classes = "cat,sofa; couch,floor"
-    with_text(seg, ["cat", "sofa", "couch", "floor"], 32)
     images = [random_image(70, 130, seed=i) for i in range(3)]  # 3 windows of 64² each
     kw = dict(short_side=64, window=64, stride=32)
     expected = seg.segment_batch(images, classes, **kw)
@@ -108,16 +100,13 @@ def test_no_configuration_makes_an_n_by_n_by_c_array(host, tiny_clip, dino_ckpt)
     from fbseg.tensor_memory import TensorMemory
 
     options = HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt)
-    seg = Segmenter(
+    names = [f"n{i}" for i in range(7)]  # C = 7: no other axis has this length
+    seg = tiny_segmenter(
         tiny_clip,
-        model_name=TINY,
+        names,
         host=HOSTS.get(host).build(options),
-        device="cpu",
-        precision="fp32",
         config=SegmentConfig(short_side=64, window=64, stride=32),
     )
-    names = [f"n{i}" for i in range(7)]  # C = 7: no other axis has this length
-    with_text(seg, names, 32)
     with TensorMemory() as mem:
         seg.segment(random_image(64, 100, seed=3), names, compare=True)
     assert _has_nnc(mem.shapes, 16, 7) == []

@@ -25,14 +25,13 @@ from fbseg.pipeline.postprocess import (
     labels_from_probs,
     probabilities_and_labels,
 )
-from fbseg.pipeline.segmenter import Segmenter
 from fbseg.pipeline.window import slide_many
 from fbseg.result import SegmentationResult
 from fbseg.runs.folder import segment_folder
 from fbseg.runs.outputs import OutputOptions
 
-from conftest import TINY, random_image
-from helpers import bad_folder, with_text
+from conftest import random_image
+from helpers import bad_folder, tiny_segmenter, with_text
 
 
 def naive_stats(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -72,22 +71,15 @@ def test_compact_labels_keep_every_value(K, dtype):
     np.testing.assert_array_equal(small.numpy().astype(np.int64), labels.numpy())
 
 
-def tiny_segmenter(tiny_clip, **config) -> Segmenter:
-    seg = Segmenter(
-        tiny_clip,
-        model_name=TINY,
-        host="naclip",
-        device="cpu",
-        precision="fp32",
-        config=DEFAULTS.replace(short_side=64, window=64, stride=32, **config),
-    )
-    with_text(seg, ["cat", "sofa", "couch", "floor"], 32)
-    return seg
+def naclip(tiny_clip, **config):
+    """The tiny NACLIP Segmenter at 64-pixel windows with ``config`` and four names."""
+    protocol = DEFAULTS.replace(short_side=64, window=64, stride=32, **config)
+    return tiny_segmenter(tiny_clip, ["cat", "sofa", "couch", "floor"], config=protocol)
 
 
 @pytest.mark.parametrize("settings", [{}, {"prob_threshold": 0.6}, {"refine": Refinement.PAMR}])
 def test_summary_from_the_device_equals_one_from_the_arrays(tiny_clip, settings):
-    seg = tiny_segmenter(tiny_clip, **settings)
+    seg = naclip(tiny_clip, **settings)
     result = seg.segment(random_image(90, 130, seed=2), "cat,sofa; couch,floor")
     expected = naive_stats(result.labels, result.probs)
     np.testing.assert_allclose(result.class_stats, expected, rtol=1e-9, atol=1e-12)
@@ -98,7 +90,7 @@ def test_summary_from_the_device_equals_one_from_the_arrays(tiny_clip, settings)
 
 
 def test_a_batch_crosses_to_the_host_once(tiny_clip, monkeypatch):
-    seg = tiny_segmenter(tiny_clip)
+    seg = naclip(tiny_clip)
     calls = []
     real = postprocess.to_host
 
@@ -135,7 +127,7 @@ def test_probs_are_computed_once_on_first_access():
 def test_lazy_probs_equal_the_eager_computation(tiny_clip):
     """With PAMR, the most costly recomputation: the probabilities given on access are the
     ones the labels were taken from."""
-    seg = tiny_segmenter(tiny_clip, refine=Refinement.PAMR)
+    seg = naclip(tiny_clip, refine=Refinement.PAMR)
     image = random_image(80, 120, seed=4)
     result = seg.segment(image, "cat,sofa; couch,floor")
     np.testing.assert_array_equal(result.probs.argmax(axis=0), result.labels)
@@ -144,7 +136,7 @@ def test_lazy_probs_equal_the_eager_computation(tiny_clip):
 
 
 def test_a_folder_run_keeps_digests_not_arrays(tmp_path, tiny_clip):
-    seg = tiny_segmenter(tiny_clip)
+    seg = naclip(tiny_clip)
     bad_folder(tmp_path / "in")
     classes = parse_classes("cat,floor")
     seen = []
@@ -225,7 +217,7 @@ def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt
 def test_the_same_names_reuse_their_device_copy(tiny_clip):
     """Every call of a run asks for the same names: their embeddings are stacked and copied to
     the device once, and again only when an embedding changes."""
-    seg = tiny_segmenter(tiny_clip)
+    seg = naclip(tiny_clip)
     first = seg.encode_text("cat,sofa; couch,floor")
     assert seg.encode_text("cat,sofa; couch,floor") is first
     assert seg.encode_text("cat,floor") is not first
