@@ -153,18 +153,26 @@ class DeviceResult:
     baseline_labels: torch.Tensor | None = None
 
 
+def keeps_probs(device: torch.device) -> bool:
+    """Whether a result keeps the probabilities it was made from (on the CPU: they are host
+    memory already) rather than forming them again when read (on an accelerator)."""
+    return device.type == "cpu"
+
+
 def device_result(
     probs: torch.Tensor,
     labels: torch.Tensor,
     recompute: Callable[[], torch.Tensor],
     baseline_labels: torch.Tensor | None = None,
 ) -> DeviceResult:
-    """The statistics of ``probs``/``labels`` and compacted labels, queued on the device."""
+    """The statistics of ``probs``/``labels`` and compacted labels, queued on the device.
+    On the CPU ``probs`` is kept as it is (it is host memory already) instead of
+    ``recompute``; on an accelerator it is let go and ``recompute`` forms it if asked."""
     K = probs.shape[0]
     return DeviceResult(
         compact_labels(labels, K),
         class_statistics(probs, labels),
-        recompute,
+        (lambda: probs) if keeps_probs(probs.device) else recompute,
         None if baseline_labels is None else compact_labels(baseline_labels, K),
     )
 

@@ -1,0 +1,34 @@
+#!/bin/sh
+# Every GPU figure the README and the performance notes quote, in one run on one card
+# (a few minutes on an H100 or H200). Each benchmark prints its table and writes JSON into
+# $OUT (default gpu-out). Random weights of the real architectures; nothing is downloaded,
+# except SAM 3 (skipped unless its weights are in the Hugging Face cache).
+#
+#   BASE=/path/to/older/checkout sh benchmarks/gpu_all.sh   # also that tree's model-only rates
+#   DEVICE=cpu IMAGES=2 BATCHES="1 2" HOSTS=naclip sh benchmarks/gpu_all.sh   # a dry run
+#
+# Where open_clip, ftfy, wcwidth (and this project's pins of timm, typer, rich) are not
+# installed, put their wheels on PYTHONPATH first.
+set -e
+OUT=${OUT:-gpu-out}
+DEVICE=${DEVICE:-cuda}
+IMAGES=${IMAGES:-64}
+BATCHES=${BATCHES:-1 4 16}
+HOSTS=${HOSTS:-proxyclip naclip}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+$PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
+# shellcheck disable=SC2086
+$PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
+    --hosts $HOSTS --windows 32 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+if [ -n "$BASE" ]; then
+    # shellcheck disable=SC2086
+    $PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
+        --hosts $HOSTS --tree "$BASE" --model-only --json "$OUT/throughput-base.json" 2>&1 \
+        | tee "$OUT/throughput-base.txt"
+fi
+$PY benchmarks/bench_memory.py --device "$DEVICE" --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
+# shellcheck disable=SC2086
+$PY benchmarks/bench_precision.py --device "$DEVICE" --hosts $HOSTS --json "$OUT/precision.json" 2>&1 \
+    | tee "$OUT/precision.txt"
