@@ -121,7 +121,7 @@ def slide_many(
                     totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
                 totals[i][:, y1:y2, x1:x2] += crop[:, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
                 counts[i][:, y1:y2, x1:x2] += 1
-    return [total / count for total, count in zip(totals, counts)]
+    return [total.div_(count) for total, count in zip(totals, counts)]  # in place: no copy
 
 
 class WindowTooLargeError(InputError):
