@@ -24,22 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_pipeline import random_weights  # noqa: E402
+
 CASES = {  # name: (proxy, timm name, dataset, short side)
     "sam": ("sam", "samvit_base_patch16.sa1b", "coco-stuff", 336),
     "dino": ("dino", "vit_base_patch8_224.dino", "ade20k", 448),
 }
-
-
-def _weights(folder: Path, timm_name: str) -> tuple[Path, Path]:
-    import open_clip
-    import timm
-
-    torch.manual_seed(0)
-    clip_path, proxy_path = folder / "clip.pt", folder / f"{timm_name}.pt"
-    if not clip_path.exists():
-        torch.save(open_clip.create_model("ViT-B-16").state_dict(), clip_path)
-    torch.save(timm.create_model(timm_name, pretrained=False).state_dict(), proxy_path)
-    return clip_path, proxy_path
 
 
 def measure(case: str, device: str, precision: str, folder: Path) -> dict:
@@ -48,7 +38,7 @@ def measure(case: str, device: str, precision: str, folder: Path) -> dict:
     from fbseg.tensor_memory import TensorMemory
 
     proxy, timm_name, dataset, short_side = CASES[case]
-    clip_path, proxy_path = _weights(folder, timm_name)
+    clip_path, proxy_path = random_weights(folder, timm_name)
     seg = Segmenter.from_pretrained(
         "ViT-B-16",
         pretrained="openai",

@@ -170,18 +170,22 @@ def make_folder(folder: Path, n: int, seed: int = 0) -> None:
         )
 
 
-def _random_weights(folder: Path) -> tuple[str, str]:
+def random_weights(
+    folder: Path, proxy_timm: str = "vit_base_patch8_224.dino", proxy_seed: int | None = None
+) -> tuple[str, str]:
+    """Random ViT-B-16 and proxy weights saved as state dicts (timing only): seed 0, the proxy
+    drawn after the CLIP model or from ``proxy_seed``. Returns their paths."""
     import open_clip
     import timm
     import torch
 
     torch.manual_seed(0)
-    clip_path, dino_path = folder / "vit_b16_random.pt", folder / "dino_b8_random.pt"
+    clip_path, proxy_path = folder / "vit_b16_random.pt", folder / f"{proxy_timm}_random.pt"
     torch.save(open_clip.create_model("ViT-B-16").state_dict(), clip_path)
-    torch.save(
-        timm.create_model("vit_base_patch8_224.dino", pretrained=False).state_dict(), dino_path
-    )
-    return str(clip_path), str(dino_path)
+    if proxy_seed is not None:
+        torch.manual_seed(proxy_seed)
+    torch.save(timm.create_model(proxy_timm, pretrained=False).state_dict(), proxy_path)
+    return str(clip_path), str(proxy_path)
 
 
 def main() -> None:
@@ -217,7 +221,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
     random = args.checkpoint is None
     if random:
-        args.checkpoint, args.proxy_checkpoint = _random_weights(work)
+        args.checkpoint, args.proxy_checkpoint = random_weights(work)
     print(
         f"device {args.device}; {'RANDOM weights (timing only)' if random else 'weights ' + args.checkpoint}; "
         f"classes: VOC21's 21 classes / 46 names; image {Path(args.image).name}"

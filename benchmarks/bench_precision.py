@@ -23,21 +23,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from bench_pipeline import random_weights  # noqa: E402
+
 MARGIN = 0.01
-
-
-def _random_weights(folder: Path) -> tuple[Path, Path]:
-    import open_clip
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    clip = folder / "vit_b16.pt"
-    torch.save(open_clip.create_model("ViT-B-16", force_quick_gelu=True).state_dict(), clip)
-    torch.manual_seed(1)
-    proxy = folder / "dino_b8.pt"
-    torch.save(timm.create_model("vit_base_patch8_224.dino").state_dict(), proxy)
-    return clip, proxy
 
 
 def _classes(text: str | None):
@@ -78,7 +67,7 @@ def main() -> None:
     os.environ.setdefault("FBSEG_CACHE", str(Path(tmp.name) / "cache"))
     clip_ckpt, proxy_ckpt = args.checkpoint, args.proxy_checkpoint
     if clip_ckpt is None or proxy_ckpt is None:
-        clip_ckpt, proxy_ckpt = _random_weights(Path(tmp.name))
+        clip_ckpt, proxy_ckpt = random_weights(Path(tmp.name), proxy_seed=1)
     classes = _classes(args.classes)
     rows = []
     for host in args.hosts:

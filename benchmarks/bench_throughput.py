@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 if "--tree" in sys.argv:  # before fbseg is imported anywhere
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 
-from bench_pipeline import _random_weights, make_folder  # noqa: E402
+from bench_pipeline import make_folder, random_weights  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -58,12 +58,9 @@ def _segmenter(args, host: str, reference: bool = False):
     from fbseg import Segmenter
 
     if reference:
-        import fbseg.pipeline.crop
-
         import reference_form
 
-        fbseg.pipeline.crop.fsa.feedback_attention = reference_form.feedback_attention
-        fbseg.pipeline.crop.fsa.ensemble_apply = reference_form.ensemble_apply
+        reference_form.install()
     seg = Segmenter.from_pretrained(
         "ViT-B-16",
         pretrained="openai",
@@ -173,7 +170,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
     if not (args.checkpoint and args.proxy_checkpoint):
-        args.checkpoint, args.proxy_checkpoint = _random_weights(tmp)
+        args.checkpoint, args.proxy_checkpoint = random_weights(tmp)
     folder = tmp / "images"
     make_folder(folder, args.images)
     classes = DATASETS.get("voc21").classes()  # 21 classes, 46 names

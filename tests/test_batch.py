@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fbseg.pipeline.segmenter import Segmenter
 from fbseg.pipeline.window import protocol_size
 from fbseg.runs import folder as folder_run
 from fbseg.runs.inputs import collect_inputs
@@ -18,8 +17,8 @@ from fbseg.runs.stream import ItemStatus, stream_items
 from fbseg_cli import app
 
 import naive
-from conftest import ASSETS, TINY, random_image
-from helpers import FAST, bad_folder, normalised, with_text
+from conftest import ASSETS, random_image
+from helpers import FAST, bad_folder, normalised, tiny_segmenter
 
 
 def run(args):
@@ -32,16 +31,8 @@ def fast(tiny_ckpt):
 
 
 def test_windows_of_several_images_share_batches_and_match_naive(tiny_clip, monkeypatch):
-    seg = Segmenter(
-        tiny_clip,
-        model_name=TINY,
-        host="naclip",
-        device="cpu",
-        precision="fp32",
-        windows_per_forward=5,
-    )  # 3 + 3 + 3 windows of 64²: batches mix images
     classes = ["cat", "sofa; couch", "floor"]
-    with_text(seg, classes, 32)
+    seg = tiny_segmenter(tiny_clip, classes, windows_per_forward=5)  # 3 + 3 + 3 windows of 64²
     sizes = [(70, 130), (64, 100), (150, 90)]
     images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     batches = []
@@ -276,16 +267,10 @@ def test_segment_folder_from_python_resumes_and_reports(tmp_path, tiny_clip):
     from fbseg.runs.folder import segment_folder
 
     good = bad_folder(tmp_path / "in")
-    seg = Segmenter(
-        tiny_clip,
-        model_name=TINY,
-        host="naclip",
-        device="cpu",
-        precision="fp32",
-        config=SegmentConfig(short_side=64, window=64, stride=32),
+    seg = tiny_segmenter(
+        tiny_clip, ["a", "b"], config=SegmentConfig(short_side=64, window=64, stride=32)
     )
     classes = parse_classes("a,b")
-    with_text(seg, ["a", "b"], 32)
     opts = OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels)
     run = segment_folder(seg, [str(tmp_path / "in")], classes, opts)
     assert run.exit_code == 4 and run.count(ItemStatus.DONE) == len(good)

@@ -8,11 +8,10 @@ import torch
 from PIL import Image
 
 from fbseg.pipeline.config import SegmentConfig
-from fbseg.pipeline.segmenter import Segmenter
 
 import naive
-from conftest import TINY, random_image
-from helpers import tiny_segmenter, with_text
+from conftest import random_image
+from helpers import tiny_segmenter
 
 
 def _oom_when(monkeypatch, too_big):
@@ -56,15 +55,8 @@ def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, t
     src.mkdir()
     Image.fromarray(random_image(64, 160, seed=1)).save(src / "wide.png")
     Image.fromarray(random_image(64, 64, seed=2)).save(src / "square.png")
-    seg = Segmenter(
-        tiny_clip,
-        model_name=TINY,
-        host="naclip",
-        device="cpu",
-        precision="fp32",
-        config=SegmentConfig(short_side=None, window=None),
-    )  # whole images
-    with_text(seg, ["a", "b"], 32)
+    whole_images = SegmentConfig(short_side=None, window=None)
+    seg = tiny_segmenter(tiny_clip, ["a", "b"], config=whole_images)
     _oom_when(monkeypatch, lambda crops: crops.shape[-1] > 100)
     classes = parse_classes("a,b")
     run = segment_folder(

@@ -32,31 +32,25 @@ def test_segment_matches_naive_slide(tiny_clip, host, hw):
     text = torch.from_numpy(
         np.stack([seg.text_cache.memory[n] for n in ["cat", "sofa", "couch", "floor"]])
     )
-    with torch.no_grad():
-        expected = naive.slide_probs(
-            lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, False, 3.0),
-            img,
-            64,
-            32,
-            16,
-            hw,
-            40.0,
-            [0, 1, 1, 2],
-        )
+
+    def naive_probs(feedback: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return naive.slide_probs(
+                lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, feedback, 3.0),
+                img,
+                64,
+                32,
+                16,
+                hw,
+                40.0,
+                [0, 1, 1, 2],
+            )
+
+    expected = naive_probs(False)
     assert res.labels.shape == hw and res.probs.shape == (3, *hw)
     np.testing.assert_allclose(res.probs, expected.numpy(), rtol=0, atol=1e-5)
     res_fb = seg.segment(rgb, classes, feedback=True, **kw)
-    with torch.no_grad():
-        expected_fb = naive.slide_probs(
-            lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, True, 3.0),
-            img,
-            64,
-            32,
-            16,
-            hw,
-            40.0,
-            [0, 1, 1, 2],
-        )
+    expected_fb = naive_probs(True)
     # FSA on (docs/method.md, "the cut is discontinuous"): labels agree on ≥ 99.9% of pixels, probabilities close.
     agree = (res_fb.labels == expected_fb.argmax(0).numpy()).mean()
     assert agree >= 0.999

@@ -24,7 +24,7 @@ from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
 from fbseg.io import atomic_write_bytes
 from fbseg.pipeline.config import SegmentConfig
-from fbseg.pipeline.device import default_images_per_call
+from fbseg.pipeline.device import default_images_per_call, default_io_threads
 
 
 def run_key(identity: dict, spec: DatasetSpec, config: SegmentConfig) -> str:
@@ -84,6 +84,7 @@ def iter_counts(
     cache: CountsCache,
     config: SegmentConfig,
     images_per_call: int = 1,
+    io_threads: int = 1,
 ) -> Iterator[ImageCounts]:
     """Counts of every sample: the cached ones first, then the rest segmented
     ``images_per_call`` at a time (their windows share model batches), the next images
@@ -103,8 +104,7 @@ def iter_counts(
         )
 
     ahead = 2 * images_per_call
-    threads = min(4, images_per_call)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fbseg-eval-read") as pool:
+    with ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-eval-read") as pool:
         queued: deque = deque()
         rest = iter(todo)
 
@@ -180,7 +180,8 @@ def evaluate(
     totals = np.zeros((4, spec.num_classes), np.int64)
     t0 = time.perf_counter()
     group = images_per_call or default_images_per_call(segmenter.device)
-    for item in iter_counts(segmenter, spec, samples, cache, config, group):
+    threads = default_io_threads(segmenter.device)
+    for item in iter_counts(segmenter, spec, samples, cache, config, group, threads):
         totals += item.counts
         if on_image is not None:
             on_image(item)

@@ -8,19 +8,21 @@ inference mode).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
 
 
-@functools.lru_cache(maxsize=64)
 def channel_constant(
     values: tuple[float, ...], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Per-channel ``values`` as a (1, C, 1, 1) tensor on ``device``."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+    return on_device(
+        lambda: torch.tensor(values, dtype=dtype).view(1, -1, 1, 1),
+        ("channel", tuple(values)),
+        device,
+        dtype,
+    )
 
 
 _COPIES: dict[tuple, torch.Tensor] = {}
