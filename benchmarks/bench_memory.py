@@ -87,8 +87,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="fbseg-mem-"))
-    rows = [measure(case, args.device, args.precision, folder) for case in args.cases]
+    with tempfile.TemporaryDirectory(prefix="fbseg-mem-") as folder:
+        rows = [measure(case, args.device, args.precision, Path(folder)) for case in args.cases]
     print(
         f"{'case':<6} {'names':>5} {'short':>5} {'tensors GB':>10} {'CUDA GB':>8} {'s':>7}  largest"
     )

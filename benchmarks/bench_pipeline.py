@@ -218,7 +218,12 @@ def main() -> None:
         print(json.dumps(run_folder(args)))
         return
 
-    work = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
+    with tempfile.TemporaryDirectory(prefix="fbseg-bench-") as work:
+        compare(args, Path(work))
+
+
+def compare(args: argparse.Namespace, work: Path) -> None:
+    """Both sections' tables; weights, caches and outputs live under ``work``."""
     random = args.checkpoint is None
     if random:
         args.checkpoint, args.proxy_checkpoint = random_weights(work)

@@ -168,15 +168,52 @@ def main() -> None:
     except ImportError:  # an older tree: segment_folder's own default
         default_images_per_call = None
 
-    tmp = Path(tempfile.mkdtemp(prefix="fbseg-bench-"))
+    with tempfile.TemporaryDirectory(prefix="fbseg-bench-") as work:
+        report = measure_all(args, Path(work), DATASETS, default_images_per_call)
+    for host, flops in report["flops_per_image"].items():
+        print(f"{host}: {flops / 1e12:.3f} TFLOP per image (FlopCounterMode)")
+    for host, kernels in report["kernels"].items():
+        print(
+            f"top kernels, {host}: "
+            + "; ".join(f"{k['kernel']} {100 * k['share']:.0f}%" for k in kernels[:5])
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def print_row(r: dict) -> None:
+    """One table row, printed as soon as it is measured (a run cut short keeps its figures)."""
+    peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
+    tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
+    of = f"{r['of_model']:.2f}×" if "of_model" in r else ""
+    waits = str(r["host_waits"]) if "host_waits" in r else ""
+    print(
+        f"{r['host']:<10} {r['what']:<50} {r['images_per_s']:>8.2f} {peak:>8} {tf:>8} "
+        f"{of:>8} {waits:>5}",
+        flush=True,
+    )
+
+
+def _add(report: dict, row: dict) -> None:
+    report["rows"].append(row)
+    print_row(row)
+
+
+def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
+    """Every row of the table; weights, images and outputs live under ``tmp``."""
+    import fbseg
+
+    tree = str(Path(fbseg.__file__).resolve().parent.parent)
     if not (args.checkpoint and args.proxy_checkpoint):
         args.checkpoint, args.proxy_checkpoint = random_weights(tmp)
     folder = tmp / "images"
     make_folder(folder, args.images)
-    classes = DATASETS.get("voc21").classes()  # 21 classes, 46 names
-    report: dict = {"rows": [], "kernels": {}}
+    classes = datasets.get("voc21").classes()  # 21 classes, 46 names
+    report: dict = {"rows": [], "kernels": {}, "tree": tree}
     for host in args.hosts:
         seg = _segmenter(args, host)
+        if not report["rows"]:
+            print_header(seg.device, tree, args.images)
         device = seg.device
         prepared = [seg.prepare(p) for p in sorted(folder.glob("*.jpg"))]
         flops = flops_per_image(seg, prepared, classes)
@@ -184,25 +221,27 @@ def main() -> None:
         for per_call in args.batches:
             r = model_only(seg, prepared, classes, per_call)
             best = max(best, r["images_per_s"])
-            report["rows"].append(
+            _add(
+                report,
                 {
                     "host": host,
                     "what": f"model only, {per_call}/call",
                     **r,
                     "tflops": flops * r["images_per_s"] / 1e12,
-                }
+                },
             )
         for windows in args.windows:
             keep, seg.windows_per_forward = seg.windows_per_forward, windows
             r = model_only(seg, prepared, classes, max(args.batches))
             seg.windows_per_forward = keep
-            report["rows"].append(
+            _add(
+                report,
                 {
                     "host": host,
                     "what": f"model only, {max(args.batches)}/call, {windows} windows/forward",
                     **r,
                     "tflops": flops * r["images_per_s"] / 1e12,
-                }
+                },
             )
         report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
         if args.model_only:
@@ -220,57 +259,46 @@ def main() -> None:
 
                 outputs = {"masks": MaskMode.PER_CLASS}
             r = end_to_end(seg, folder, classes, tmp / "out", default_group, **outputs)
-            report["rows"].append(
+            _add(
+                report,
                 {
                     "host": host,
                     "what": f"{label} (group {default_group or 'default'})",
                     **r,
                     "of_model": r["images_per_s"] / best,
-                }
+                },
             )
         del seg
         if not args.no_reference:
             ref = _segmenter(args, host, reference=True)
             r = model_only(ref, prepared[: max(4, len(prepared) // 4)], classes, 1)
-            report["rows"].append({"host": host, "what": "reference form, 1/call", **r})
+            _add(report, {"host": host, "what": "reference form, 1/call", **r})
             del ref
             import reference_form
 
             reference_form.restore()
-    report["device"] = (
+    report["device"] = device_name(device)
+    return report
+
+
+def device_name(device: torch.device) -> str:
+    return (
         torch.cuda.get_device_name()
         if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)"
     )
-    import fbseg
 
-    report["tree"] = str(Path(fbseg.__file__).resolve().parent.parent)
+
+def print_header(device: torch.device, tree: str, images: int) -> None:
     print(
-        f"device: {report['device']}; fbseg from {report['tree']}; {args.images} images of "
+        f"device: {device_name(device)}; fbseg from {tree}; {images} images of "
         "300–600 px; VOC21's 46 names; random weights unless --checkpoint"
     )
     print(
         f"{'host':<10} {'what':<50} {'img/s':>8} {'peak MB':>8} {'TFLOP/s':>8} {'of model':>8} "
-        f"{'waits':>5}"
+        f"{'waits':>5}",
+        flush=True,
     )
-    for r in report["rows"]:
-        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
-        tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
-        of = f"{r['of_model']:.2f}×" if "of_model" in r else ""
-        waits = str(r["host_waits"]) if "host_waits" in r else ""
-        print(
-            f"{r['host']:<10} {r['what']:<50} {r['images_per_s']:>8.2f} {peak:>8} {tf:>8} "
-            f"{of:>8} {waits:>5}"
-        )
-    for host, flops in report["flops_per_image"].items():
-        print(f"{host}: {flops / 1e12:.3f} TFLOP per image (FlopCounterMode)")
-    for host, kernels in report["kernels"].items():
-        print(
-            f"top kernels, {host}: "
-            + "; ".join(f"{k['kernel']} {100 * k['share']:.0f}%" for k in kernels[:5])
-        )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
