@@ -281,3 +281,58 @@ def test_segment_folder_from_python_resumes_and_reports(tmp_path, tiny_clip):
         assert np.asarray(Image.open(tmp_path / "out" / f"{stem}.mask.png")).shape == (h, w)
     again = segment_folder(seg, [str(tmp_path / "in")], classes, opts)
     assert again.count(ItemStatus.SKIPPED) == len(good) and again.count(ItemStatus.DONE) == 0
+
+
+def test_window_batches_follow_the_token_budget(tiny_clip, monkeypatch):
+    """Without ``windows_per_forward`` a forward holds TOKENS_PER_FORWARD tokens' worth of
+    windows: the tiny CLIP (patch 16) at 64² puts 4×4 tokens through per window."""
+    import fbseg.pipeline.segmenter as segmod
+
+    monkeypatch.setattr(segmod, "TOKENS_PER_FORWARD", 3 * 16 + 5)  # room for 3 windows
+    classes = ["cat", "floor"]
+    seg = tiny_segmenter(tiny_clip, classes)
+    batches = []
+    orig = segmod.crop_logits
+
+    def spy(model, crops, *a, **k):
+        batches.append(crops.shape[0])
+        return orig(model, crops, *a, **k)
+
+    monkeypatch.setattr(segmod, "crop_logits", spy)
+    images = [random_image(70, 130, seed=1), random_image(64, 100, seed=2)]  # 3 + 3 windows
+    budgeted = seg.segment_batch(images, classes, short_side=64, window=64, stride=32)
+    assert batches == [3, 3]
+    seg.windows_per_forward = 1  # an explicit setting wins over the budget
+    batches.clear()
+    single = seg.segment_batch(images, classes, short_side=64, window=64, stride=32)
+    assert batches == [1] * 6
+    for a, b in zip(budgeted, single):  # batching changes only the GEMMs' summation order
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "timm_name", "size", "expected"),
+    [
+        # DINO B/8 sees the padded crop itself: (336/8)² and (336/8)·(448/8) tokens
+        ("dino", "vit_base_patch8_224.dino", (336, 336), 42 * 42),
+        ("dino", "vit_base_patch8_224.dino", (336, 448), 42 * 56),
+        # SAM sees every crop at 1024²: 64² tokens whatever the crop
+        ("sam", "samvit_base_patch16.sa1b", (336, 448), 64 * 64),
+    ],
+)
+def test_proxyclip_counts_its_proxys_tokens(proxy, timm_name, size, expected):
+    """A window's cost is its proxy's token count where that exceeds CLIP's (21² at 336²):
+    8 DINO B/8 windows of 336² share a forward where 32 plain CLIP B/16 windows do."""
+    import timm
+
+    from fbseg.hosts.proxyclip import ProxyCLIP
+    from fbseg.models.proxies import PROXIES
+    from fbseg.pipeline.config import TOKENS_PER_FORWARD
+
+    model = timm.create_model(timm_name, pretrained=False)
+    host = ProxyCLIP(model, PROXIES.get(proxy))
+    assert host.tokens_per_crop(*size, 16) == expected
+    assert ProxyCLIP.__mro__[1]().tokens_per_crop(336, 336, 16) == 21 * 21
+    if proxy == "dino" and size == (336, 336):
+        assert TOKENS_PER_FORWARD // expected == 8
+        assert TOKENS_PER_FORWARD // (21 * 21) == 32

@@ -126,6 +126,11 @@ class Host:
         """What besides CLIP decides this host's output (for reports and cache keys)."""
         return {"host": self.name, "proxy": None, "proxy_weights": None}
 
+    def tokens_per_crop(self, height: int, width: int, patch: int) -> int:
+        """The most tokens one padded crop puts through a transformer: CLIP's grid here; a
+        host with a model of its own counts that one too (sizes window batches)."""
+        return (height // patch) * (width // patch)
+
     def last_block(
         self,
         block: nn.Module,

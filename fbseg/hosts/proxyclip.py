@@ -7,7 +7,14 @@ import torch.nn.functional as F
 
 from fbseg.hosts.attention import proxy_attention
 from fbseg.hosts.base import CropBatch, Host, HostOptions, LastBlock, split_heads
-from fbseg.models.proxies import DEFAULT_PROXY, PROXIES, ProxySpec, load_proxy, proxy_features
+from fbseg.models.proxies import (
+    DEFAULT_PROXY,
+    PROXIES,
+    ProxySpec,
+    load_proxy,
+    proxy_features,
+    proxy_tokens,
+)
 from fbseg.models.weights import weights_id
 
 
@@ -49,6 +56,12 @@ class ProxyCLIP(Host):
 
     def identity(self) -> dict:
         return {"host": self.name, "proxy": self.spec.name, "proxy_weights": self.weights_id}
+
+    def tokens_per_crop(self, height: int, width: int, patch: int) -> int:
+        return max(
+            super().tokens_per_crop(height, width, patch),
+            proxy_tokens(self.proxy, self.spec, height, width),
+        )
 
     def features(self, crops: CropBatch) -> torch.Tensor:
         """Proxy features (B, C_f, Hf, Wf) of the crops."""

@@ -66,6 +66,16 @@ def _vit_features(model: torch.nn.Module, x: torch.Tensor, pos_mode: PosResize) 
     return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
 
+def proxy_tokens(model: torch.nn.Module, spec: ProxySpec, height: int, width: int) -> int:
+    """Tokens the proxy's blocks hold for one padded crop of ``height``×``width`` (the input
+    rule of ``proxy_features``): its grid at the crop's size, or SAM's fixed 1024² grid."""
+    patch = model.patch_embed.patch_size
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if spec.input is ProxyInput.SAM:
+        return (SAM_INPUT // ph) * (SAM_INPUT // pw)
+    return (height // ph) * (width // pw)
+
+
 def proxy_input(
     crops: torch.Tensor,
     clip_mean: tuple[float, ...] = CLIP_MEAN,

@@ -18,6 +18,12 @@ from fbseg.errors import ConfigError
 # it; on a CPU the model already uses every core.
 IMAGES_PER_CALL = {"cpu": 1, "cuda": 4}
 IO_THREADS = {"cpu": 1, "cuda": 4}
+# Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
+# and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
+# 8 with ProxyCLIP's DINO B/8 proxy (1764 tokens). Small batches leave a GPU waiting on the
+# host; on an H200 NACLIP ran 1.6× faster at 32 windows per forward than at 8, ProxyCLIP
+# 14% slower at 32 than at 8 (benchmarks/bench_throughput.py --windows).
+TOKENS_PER_FORWARD = 32 * 441
 
 
 class Refinement(str, Enum):

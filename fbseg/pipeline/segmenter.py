@@ -25,7 +25,7 @@ from fbseg.models.clip import (
 from fbseg.models.clip_tower import patch_size
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
-from fbseg.pipeline.config import DEFAULTS, Refinement, SegmentConfig
+from fbseg.pipeline.config import DEFAULTS, TOKENS_PER_FORWARD, Refinement, SegmentConfig
 from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.pipeline.device import resolve_device, resolve_precision
 from fbseg.pipeline.postprocess import (
@@ -66,7 +66,7 @@ class Segmenter:
         precision: str = "auto",
         weights_id: str | None = None,
         text_cache_dir: Path | None = None,
-        windows_per_forward: int = 8,
+        windows_per_forward: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -238,7 +238,7 @@ class Segmenter:
             window=cfg.window,
             stride=cfg.stride,
             pad_multiple=self.pad_multiple,
-            windows_per_forward=self.windows_per_forward,
+            windows_per_forward=self.windows_per_forward or self._windows_for,
             on_shrink=self._shrink_window_batch,
         )
         t2 = time.perf_counter()
@@ -268,6 +268,13 @@ class Segmenter:
         for r in results:
             r.meta = self._meta(cfg, timings)
         return results
+
+    def _windows_for(self, height: int, width: int) -> int:
+        """Windows of this padded size per forward: ``TOKENS_PER_FORWARD`` over the tokens one
+        window puts through CLIP or the host's own model (used unless ``windows_per_forward``
+        is set, or was lowered by an out-of-memory retry)."""
+        tokens = self.host.tokens_per_crop(height, width, self.patch)
+        return max(1, TOKENS_PER_FORWARD // max(1, tokens))
 
     def _shrink_window_batch(self, size: int) -> None:
         """A window batch ran out of memory: later calls start from the size that fitted."""

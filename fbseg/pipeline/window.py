@@ -60,7 +60,7 @@ def slide_many(
     window: int | None,
     stride: int,
     pad_multiple: int,
-    windows_per_forward: int = 8,
+    windows_per_forward: int | Callable[[int, int], int] = 8,
     on_shrink: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
@@ -69,7 +69,8 @@ def slide_many(
     the patch). Otherwise each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps crops (B, 3, h, w) to
     grid logits (B, C, rows, cols), which are upsampled bilinearly to the padded crop, cut,
     summed over windows and divided by the per-pixel window count. Crops of the same size run
-    together in batches of ``windows_per_forward``, across images: every crop's result depends on that
+    together in batches of ``windows_per_forward`` (a number, or a function of the padded crop's
+    height and width), across images: every crop's result depends on that
     crop alone, so the batching changes nothing but the speed. When a batch runs out of
     device memory it is halved and retried (``on_shrink`` hears the new size); a single
     window that does not fit raises ``WindowTooLargeError``.
@@ -88,9 +89,14 @@ def slide_many(
     counts = [img.new_zeros((1, *img.shape[1:]), dtype=torch.float32) for img in images]
     for (ch, cw), group in by_size.items():
         pad = centred_pad(ch, cw, pad_multiple)
+        per_forward = (
+            windows_per_forward(ch + pad[2] + pad[3], cw + pad[0] + pad[1])
+            if callable(windows_per_forward)
+            else windows_per_forward
+        )
         start = 0
         while start < len(group):
-            chunk = group[start : start + windows_per_forward]
+            chunk = group[start : start + per_forward]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
             if any(pad):
                 crops = F.pad(crops, pad)
@@ -106,9 +112,9 @@ def slide_many(
                         f"one {ch}×{cw} window does not fit in the device's memory "
                         "(try a smaller --window or --short-side, or --precision fp16)"
                     ) from None
-                windows_per_forward = max(1, len(chunk) // 2)
+                per_forward = windows_per_forward = max(1, len(chunk) // 2)
                 if on_shrink is not None:
-                    on_shrink(windows_per_forward)
+                    on_shrink(per_forward)
                 continue
             start += len(chunk)
             size = crops.shape[-2:]
