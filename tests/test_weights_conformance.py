@@ -69,7 +69,7 @@ def assert_network_as_declared(seg: Segmenter, model: str, tag: str) -> None:
     assert tuple(size if isinstance(size, tuple) else (size, size)) == (want["image_size"],) * 2
     # Normalisation as the tag declares it, computed here from the table.
     rgb = random_image(48, 64)
-    prepared = seg.prepare(rgb, short_side=None).tensor
+    prepared = seg.model_input(seg.prepare(rgb, short_side=None))
     mean = torch.tensor(want["mean"]).view(3, 1, 1)
     std = torch.tensor(want["std"]).view(3, 1, 1)
     naive = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0 - mean) / std

@@ -185,7 +185,8 @@ def explain(
     (FSA is on whatever its ``feedback``: there is nothing to explain without it)."""
     window, stride = cfg.window, cfg.stride
     prepared = segmenter.prepare(image, cfg)
-    rgb, img = prepared.rgb, prepared.tensor.to(segmenter.device, segmenter.dtype)
+    rgb, guide = prepared.rgb, segmenter.model_input(prepared)
+    img = guide.to(segmenter.dtype)
     H, W = rgb.shape[:2]
     for x, y in points or []:
         if not (0 <= x < W and 0 <= y < H):
@@ -215,7 +216,6 @@ def explain(
         img, crop_fn, window=window, stride=stride, pad_multiple=pad_multiple, windows_per_forward=1
     ).float()
     plain = cfg.replace(refine=Refinement.NONE)  # the masks before refinement
-    guide = prepared.tensor.to(stitched.device)
     post_args = ((H, W), plain, classes.name_to_class, guide)
     fb_probs, feedback_labels = probabilities_and_labels(stitched[:C], *post_args)
     _, baseline_labels = probabilities_and_labels(stitched[C : 2 * C], *post_args)

@@ -23,6 +23,7 @@ from fbseg.models.clip import (
     network_of,
 )
 from fbseg.models.clip_tower import patch_size
+from fbseg.models.constants import on_device
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
 from fbseg.pipeline.config import DEFAULTS, TOKENS_PER_FORWARD, Refinement, SegmentConfig
@@ -88,8 +89,6 @@ class Segmenter:
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.weights_id = weights_id
         self.text_cache = TextCache(text_cache_dir, self.text_identity() if weights_id else None)
-        self._mean = torch.tensor(self.network.mean).view(3, 1, 1) * 255.0
-        self._std = torch.tensor(self.network.std).view(3, 1, 1) * 255.0
 
     @classmethod
     def from_pretrained(
@@ -163,15 +162,34 @@ class Segmenter:
     def prepare(
         self, image: ImageLike, config: SegmentConfig | None = None, **overrides
     ) -> PreparedImage:
-        """Decode and resize one image for the model (CPU; safe to run in a worker thread)."""
+        """Decode one image and note its protocol size (CPU; safe in a worker thread). The
+        resize and normalisation run on the model's device (``model_input``): beside a GPU
+        the reader threads only decode, and a uint8 image crosses instead of float32."""
         short_side = (config or self.config).replace(**overrides).short_side
         rgb = read_image(image)
-        img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float()
-        img = resize_image(img, protocol_size(img.shape[1], img.shape[2], short_side))
-        tensor = (img - self._mean) / self._std
-        if self.device.type == "cuda":  # pinned: its copy to the GPU is queued, not waited on
-            tensor = tensor.pin_memory()
-        return PreparedImage(rgb, tensor, short_side)
+        # pinned on CUDA: the copy to the GPU is queued, not waited on
+        pixels = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        pixels.numpy()[...] = rgb
+        return PreparedImage(rgb, pixels, protocol_size(*rgb.shape[:2], short_side), short_side)
+
+    def model_input(self, prepared: PreparedImage) -> torch.Tensor:
+        """(3, h, w) float32 on the model's device: the image resized to its protocol size
+        (bilinear, rounded as an 8-bit resize would be) and normalised with the network's
+        mean and std."""
+        img = prepared.pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float()
+        img = resize_image(img, prepared.size)
+        return (img - self._on_pixel_scale(self.network.mean)) / self._on_pixel_scale(
+            self.network.std
+        )
+
+    def _on_pixel_scale(self, values: Sequence[float]) -> torch.Tensor:
+        """Per-channel ``values`` × 255 as (3, 1, 1) float32 on the model's device (once)."""
+        return on_device(
+            lambda: torch.tensor(values).view(3, 1, 1) * 255.0,
+            ("pixel-scale", tuple(values)),
+            self.device,
+            torch.float32,
+        )
 
     @torch.inference_mode()
     def segment(
@@ -231,9 +249,9 @@ class Segmenter:
                 also_baseline=compare,
             )
 
-        on_device = [p.tensor.to(self.device, non_blocking=True) for p in prepared]
+        images_on_device = [self.model_input(p) for p in prepared]
         stitched = slide_many(
-            [t.to(self.dtype) for t in on_device],
+            [t.to(self.dtype) for t in images_on_device],
             crop_fn,
             window=cfg.window,
             stride=cfg.stride,
@@ -245,7 +263,7 @@ class Segmenter:
         C = len(cl.flat_names)
         pending = []
         pamr_guide = cfg.refine is not Refinement.NONE
-        for p, image, logits in zip(prepared, on_device, stitched):
+        for p, image, logits in zip(prepared, images_on_device, stitched):
             post_args = (p.rgb.shape[:2], cfg, cl.name_to_class, image if pamr_guide else None)
             baseline = None
             if compare:
@@ -347,9 +365,11 @@ def _recompute_probs(logits: torch.Tensor, post_args: tuple) -> Callable[[], tor
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image ready for the model: rgb (H, W, 3) uint8 as read; tensor (3, h, w) float32,
-    normalised with the network's mean/std at the protocol size for ``short_side``."""
+    """An image read for the model: rgb (H, W, 3) uint8 as read; pixels the same as a
+    tensor (pinned beside a GPU); size (h, w), the protocol size for ``short_side``, to
+    which ``Segmenter.model_input`` resizes it on the model's device."""
 
     rgb: np.ndarray
-    tensor: torch.Tensor
+    pixels: torch.Tensor
+    size: tuple[int, int]
     short_side: int | None
