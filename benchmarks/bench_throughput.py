@@ -13,8 +13,9 @@ DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks 
 ``--tree DIR`` imports fbseg from another checkout (``git worktree add DIR COMMIT``) and,
 with ``--model-only``, measures only what every version has (``Segmenter.from_pretrained``,
 ``prepare``, ``segment_batch``): run it beside a plain run on the same card for a ratio.
-``--windows 8 32`` also measures the largest images-per-call setting at other window batch
-sizes. On CUDA each model-only row counts the host's waits for the device in one call
+``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
+device's defaults; ``--windows 8 32`` measures the largest images-per-call setting at other
+window batch sizes. On CUDA each model-only row counts the host's waits for the device in one call
 (``torch.cuda.set_sync_debug_mode``).
 """
 
@@ -131,17 +132,55 @@ def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]
     return [{"kernel": e.key[:60], "share": getattr(e, key, 0) / total} for e in events[:n]]
 
 
-def end_to_end(seg, folder: Path, classes, out: Path, per_call: int, **outputs) -> dict:
+def end_to_end(
+    seg, folder: Path, classes, out: Path, per_call: int, io_threads: int | None = None, **outputs
+) -> dict:
+    """``segment_folder``'s rate (after a warm-up run), and where its time went: each stage's
+    busy time per image (read = decode + prepare in the reader threads, model = the caller's
+    ``segment_batch``, write = render + write in the writer threads)."""
+    from fbseg.runs import stream
     from fbseg.runs.folder import segment_folder
     from fbseg.runs.outputs import OutputOptions
 
     opts = OutputOptions(out_dir=out, class_labels=classes.labels, overwrite=True, **outputs)
-    segment_folder(seg, [str(folder)], classes, opts, images_per_group=per_call)  # warm-up run
+    run_args = {"images_per_group": per_call}
+    if io_threads:
+        run_args["io_threads"] = io_threads
+    segment_folder(seg, [str(folder)], classes, opts, **run_args)  # warm-up run
     _sync(seg.device)
-    t0 = time.perf_counter()
-    run = segment_folder(seg, [str(folder)], classes, opts, images_per_group=per_call)
-    _sync(seg.device)
-    return {"images_per_s": run.done_here / (time.perf_counter() - t0)}
+    busy = {"read": 0.0, "model": 0.0, "write": 0.0}
+
+    def timed(stage: str, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                busy[stage] += time.perf_counter() - t0
+
+        return run
+
+    patched = {"_load": timed("read", stream._load), "_write": timed("write", stream._write)}
+    originals = {name: getattr(stream, name) for name in patched}
+    segment_batch = seg.segment_batch
+    try:
+        for name, fn in patched.items():
+            setattr(stream, name, fn)
+        seg.segment_batch = timed("model", segment_batch)
+        t0 = time.perf_counter()
+        run = segment_folder(seg, [str(folder)], classes, opts, **run_args)
+        _sync(seg.device)
+        wall = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(stream, name, fn)
+        del seg.segment_batch
+    n = run.done_here
+    return {
+        "images_per_s": n / wall,
+        "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
+        "model_busy_share": busy["model"] / wall,
+    }
 
 
 def main() -> None:
@@ -157,6 +196,10 @@ def main() -> None:
     ap.add_argument("--tree", help="import fbseg from this checkout")
     ap.add_argument("--model-only", action="store_true", help="model-only rows and FLOPs only")
     ap.add_argument("--windows", type=int, nargs="*", default=[], help="other window batches")
+    ap.add_argument("--groups", type=int, nargs="*", default=[], help="other DIR --batch values")
+    ap.add_argument(
+        "--io-threads", type=int, nargs="*", default=[], help="other DIR reader/writer threads"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     try:
@@ -192,6 +235,13 @@ def print_row(r: dict) -> None:
         f"{of:>8} {waits:>5}",
         flush=True,
     )
+    if "stage_ms_per_image" in r:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_per_image"].items())
+        print(
+            f"{'':<10}   busy ms/image: {stages}; model busy {100 * r['model_busy_share']:.0f}% "
+            "of the run",
+            flush=True,
+        )
 
 
 def _add(report: dict, row: dict) -> None:
@@ -268,6 +318,13 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "of_model": r["images_per_s"] / best,
                 },
             )
+        # the defaults against other settings: is the default group the fastest tried?
+        others = [(g, None) for g in args.groups if g != default_group]
+        others += [(default_group, t) for t in args.io_threads]
+        for group, threads in others:
+            r = end_to_end(seg, folder, classes, tmp / "out", group, io_threads=threads)
+            what = f"segment DIR (group {group}" + (f", {threads} I/O threads)" if threads else ")")
+            _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         del seg
         if not args.no_reference:
             ref = _segmenter(args, host, reference=True)

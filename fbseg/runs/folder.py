@@ -76,6 +76,7 @@ def segment_folder(
     config: SegmentConfig | None = None,
     recursive: bool = False,
     images_per_group: int | None = None,
+    io_threads: int | None = None,
     stdin_reader: Callable[[], bytes] | None = None,
     dist: distributed.Dist | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -89,7 +90,8 @@ def segment_folder(
     skipped unless ``options.overwrite`` (so a rerun resumes); several inputs also write
     ``summary.json``. Under torchrun each rank takes its own share and rank 0 merges the
     summary. Ctrl-C finishes the writes in flight and returns with ``interrupted`` set.
-    ``images_per_group`` images share one model batch (default 1 on CPU, 4 on GPU).
+    ``images_per_group`` images share one model batch, beside ``io_threads`` reader and as
+    many writer threads (defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``).
     """
     cfg = config or engine.config
     check_run(options, cfg)
@@ -117,7 +119,7 @@ def segment_folder(
         stdin_reader=stdin_reader,
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
-        io_threads=default_io_threads(engine.device),
+        io_threads=io_threads or default_io_threads(engine.device),
     )
     while True:
         try:
