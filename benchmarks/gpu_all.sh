@@ -21,14 +21,16 @@ export PYTHONUNBUFFERED=1
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 # shellcheck disable=SC2086
 $PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
-    --hosts $HOSTS --windows 32 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+    --hosts $HOSTS --windows 8 32 --groups 1 16 --io-threads 8 --json "$OUT/throughput.json" 2>&1 \
+    | tee "$OUT/throughput.txt"
 if [ -n "$BASE" ]; then
     # shellcheck disable=SC2086
     $PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
         --hosts $HOSTS --tree "$BASE" --model-only --json "$OUT/throughput-base.json" 2>&1 \
         | tee "$OUT/throughput-base.txt"
 fi
-$PY benchmarks/bench_memory.py --device "$DEVICE" --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
+$PY benchmarks/bench_memory.py --device "$DEVICE" --cases sam dino sam-any-kernel \
+    --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
 # shellcheck disable=SC2086
 $PY benchmarks/bench_precision.py --device "$DEVICE" --hosts $HOSTS --json "$OUT/precision.json" 2>&1 \
     | tee "$OUT/precision.txt"
