@@ -29,22 +29,15 @@ from bench_pipeline import random_weights  # noqa: E402
 CASES = {  # name: (proxy, timm name, dataset, short side)
     "sam": ("sam", "samvit_base_patch16.sa1b", "coco-stuff", 336),
     "dino": ("dino", "vit_base_patch8_224.dino", "ade20k", 448),
-    # the SAM case with torch's own choice of attention kernel for SAM's biased attention
-    "sam-any-kernel": ("sam", "samvit_base_patch16.sa1b", "coco-stuff", 336),
 }
 
 
 def measure(case: str, device: str, precision: str, folder: Path) -> dict:
-    import contextlib
-
     from fbseg.eval.datasets import DATASETS
-    from fbseg.models import proxies
     from fbseg.pipeline.segmenter import Segmenter
     from fbseg.tensor_memory import TensorMemory
 
     proxy, timm_name, dataset, short_side = CASES[case]
-    if case.endswith("-any-kernel"):
-        proxies._attention_with_bias_kernels = contextlib.nullcontext
     clip_path, proxy_path = random_weights(folder, timm_name)
     seg = Segmenter.from_pretrained(
         "ViT-B-16",
@@ -91,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--cases", nargs="+", default=["sam", "dino"], choices=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fbseg-mem-") as folder:

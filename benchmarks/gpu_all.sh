@@ -29,8 +29,7 @@ if [ -n "$BASE" ]; then
         --hosts $HOSTS --tree "$BASE" --model-only --json "$OUT/throughput-base.json" 2>&1 \
         | tee "$OUT/throughput-base.txt"
 fi
-$PY benchmarks/bench_memory.py --device "$DEVICE" --cases sam dino sam-any-kernel \
-    --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
+$PY benchmarks/bench_memory.py --device "$DEVICE" --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
 # shellcheck disable=SC2086
 $PY benchmarks/bench_precision.py --device "$DEVICE" --hosts $HOSTS --json "$OUT/precision.json" 2>&1 \
     | tee "$OUT/precision.txt"

@@ -3,7 +3,6 @@ reference takes them (docs/hosts.md, ProxyCLIP)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -108,31 +107,19 @@ def proxy_features(
     if spec.input is ProxyInput.SAM:
         # 1024² per crop: 64×64 tokens whose global blocks add a heads×4096² position bias,
         # so crops go one at a time (one already fills a GPU) and the peak is one crop's.
-        with _attention_with_bias_kernels():
-            return torch.cat(
-                [
-                    model.forward_features(
-                        F.interpolate(
-                            x[i : i + 1],
-                            size=(SAM_INPUT, SAM_INPUT),
-                            mode="bilinear",
-                            align_corners=False,
-                        )
+        return torch.cat(
+            [
+                model.forward_features(
+                    F.interpolate(
+                        x[i : i + 1],
+                        size=(SAM_INPUT, SAM_INPUT),
+                        mode="bilinear",
+                        align_corners=False,
                     )
-                    for i in range(x.shape[0])
-                ]
-            )
+                )
+                for i in range(x.shape[0])
+            ]
+        )
     if spec.input is ProxyInput.WINDOW:
         x = F.interpolate(x, size=(window, window), mode="bilinear", align_corners=False)
     return _vit_features(model, x, spec.pos)
-
-
-def _attention_with_bias_kernels() -> contextlib.AbstractContextManager:
-    """Attention with a dense bias (SAM's position bias) through the memory-efficient kernel
-    (or the plain one where that is missing, as on a CPU); other CUDA kernels allocate
-    workspace of the order of the heads×4096² bias again."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: its own choice
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

@@ -15,8 +15,10 @@ from fbseg.errors import ConfigError
 
 # By device type (others as "cpu"): images whose windows share one model batch (--batch), and
 # decoder and writer threads each. A GPU needs several images per call and threads to feed
-# it; on a CPU the model already uses every core.
-IMAGES_PER_CALL = {"cpu": 1, "cuda": 4}
+# it; on a CPU the model already uses every core. On an H200, `segment DIR` ran fastest at 16
+# images per call of the 1, 4 and 16 tried (NACLIP 172 images/s against 145 at 4 and 99 at 1;
+# ProxyCLIP 86 against 79 and 65: benchmarks/bench_throughput.py --groups).
+IMAGES_PER_CALL = {"cpu": 1, "cuda": 16}
 IO_THREADS = {"cpu": 1, "cuda": 4}
 # Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
 # and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
