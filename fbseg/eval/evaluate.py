@@ -171,7 +171,7 @@ def evaluate(
     """Score ``samples`` with ``config`` (default: the segmenter's FSA settings with the
     dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``.
     ``images_per_call`` images share one model batch (default: ``images_per_call`` of the
-    device: 1 on a CPU, 4 on a GPU); the counts do not depend on it."""
+    device: 1 on a CPU, 16 on a GPU); the counts do not depend on it."""
     config = config or spec.config(segmenter.config)
     identity = segmenter.identity(config)
     key = run_key(identity, spec, config)
