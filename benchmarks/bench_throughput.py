@@ -133,20 +133,32 @@ def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]
 
 
 def end_to_end(
-    seg, folder: Path, classes, out: Path, per_call: int, io_threads: int | None = None, **outputs
+    seg,
+    folders: tuple[Path, Path],
+    classes,
+    out: Path,
+    per_call: int,
+    io_threads: int | None = None,
+    writer_processes: bool | None = None,
+    **outputs,
 ) -> dict:
-    """``segment_folder``'s rate (after a warm-up run), and where its time went: each stage's
-    busy time per image (read = decode + prepare in the reader threads, model = the caller's
-    ``segment_batch``, write = render + write in the writer threads)."""
+    """``segment_folder``'s marginal rate: the extra images of the second folder (twice the
+    first's) over the extra time, after a warm-up run; the fixed cost of a run (starting
+    threads or processes, filling and draining the pipeline) is reported apart. And where the
+    time went, in the larger run: each stage's busy time per image (read = decode in the
+    reader threads, model = the caller's ``segment_batch``, write = render + write in the
+    writers, as they report it)."""
     from fbseg.runs import stream
     from fbseg.runs.folder import segment_folder
     from fbseg.runs.outputs import OutputOptions
 
     opts = OutputOptions(out_dir=out, class_labels=classes.labels, overwrite=True, **outputs)
-    run_args = {"images_per_group": per_call}
+    run_args: dict = {"images_per_group": per_call}
     if io_threads:
         run_args["io_threads"] = io_threads
-    segment_folder(seg, [str(folder)], classes, opts, **run_args)  # warm-up run
+    if writer_processes is not None:
+        run_args["writer_processes"] = writer_processes
+    segment_folder(seg, [str(folders[0])], classes, opts, **run_args)  # warm-up run
     _sync(seg.device)
     busy = {"read": 0.0, "model": 0.0, "write": 0.0}
 
@@ -160,27 +172,49 @@ def end_to_end(
 
         return run
 
-    patched = {"_load": timed("read", stream._load), "_write": timed("write", stream._write)}
+    def written(entry):  # the writer (thread or process) reports its own seconds
+        busy["write"] += entry.write.result()[1]
+        return stream_written(entry)
+
+    stream_written = stream._written
+    patched = {"_load": timed("read", stream._load), "_written": written}
     originals = {name: getattr(stream, name) for name in patched}
     segment_batch = seg.segment_batch
+    walls, counts = [], []
     try:
         for name, fn in patched.items():
             setattr(stream, name, fn)
         seg.segment_batch = timed("model", segment_batch)
-        t0 = time.perf_counter()
-        run = segment_folder(seg, [str(folder)], classes, opts, **run_args)
-        _sync(seg.device)
-        wall = time.perf_counter() - t0
+        for folder in folders:
+            busy.update(read=0.0, model=0.0, write=0.0)
+            t0 = time.perf_counter()
+            run = segment_folder(seg, [str(folder)], classes, opts, **run_args)
+            _sync(seg.device)
+            walls.append(time.perf_counter() - t0)
+            counts.append(run.done_here)
     finally:
         for name, fn in originals.items():
             setattr(stream, name, fn)
         del seg.segment_batch
-    n = run.done_here
+    rate = (counts[1] - counts[0]) / max(walls[1] - walls[0], 1e-9)
     return {
-        "images_per_s": n / wall,
-        "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
-        "model_busy_share": busy["model"] / wall,
+        "images_per_s": rate,
+        "start_s": walls[0] - counts[0] / rate,
+        "stage_ms_per_image": {k: 1000 * v / counts[1] for k, v in busy.items()},
+        "model_busy_share": busy["model"] / walls[1],
     }
+
+
+def doubled(folder: Path) -> Path:
+    """A folder holding every image of ``folder`` twice (for a marginal rate)."""
+    import shutil
+
+    twice = folder.with_name(folder.name + "-x2")
+    twice.mkdir(exist_ok=True)
+    for path in sorted(folder.glob("*.jpg")):
+        for copy in ("a", "b"):
+            shutil.copyfile(path, twice / f"{path.stem}{copy}.jpg")
+    return twice
 
 
 def main() -> None:
@@ -239,7 +273,7 @@ def print_row(r: dict) -> None:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_per_image"].items())
         print(
             f"{'':<10}   busy ms/image: {stages}; model busy {100 * r['model_busy_share']:.0f}% "
-            "of the run",
+            f"of the run; start {r['start_s']:.2f} s",
             flush=True,
         )
 
@@ -258,6 +292,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         args.checkpoint, args.proxy_checkpoint = random_weights(tmp)
     folder = tmp / "images"
     make_folder(folder, args.images)
+    folders = (folder, doubled(folder)) if not args.model_only else (folder, folder)
     classes = datasets.get("voc21").classes()  # 21 classes, 46 names
     report: dict = {"rows": [], "kernels": {}, "tree": tree}
     for host in args.hosts:
@@ -298,6 +333,10 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
         default_group = default_images_per_call(device) if default_images_per_call else None
+        from fbseg.pipeline.device import default_writer_processes
+
+        processes = default_writer_processes(device)
+        writers = ", writer processes" if processes else ""
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),
@@ -308,22 +347,42 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 from fbseg.runs.outputs import MaskMode
 
                 outputs = {"masks": MaskMode.PER_CLASS}
-            r = end_to_end(seg, folder, classes, tmp / "out", default_group, **outputs)
+            r = end_to_end(
+                seg,
+                folders,
+                classes,
+                tmp / "out",
+                default_group,
+                writer_processes=processes,
+                **outputs,
+            )
             _add(
                 report,
                 {
                     "host": host,
-                    "what": f"{label} (group {default_group or 'default'})",
+                    "what": f"{label} (group {default_group}{writers})",
                     **r,
                     "of_model": r["images_per_s"] / best,
                 },
             )
         # the defaults against other settings: is the default group the fastest tried?
-        others = [(g, None) for g in args.groups if g != default_group]
-        others += [(default_group, t) for t in args.io_threads]
-        for group, threads in others:
-            r = end_to_end(seg, folder, classes, tmp / "out", group, io_threads=threads)
-            what = f"segment DIR (group {group}" + (f", {threads} I/O threads)" if threads else ")")
+        others = [(g, None, None) for g in args.groups if g != default_group]
+        others += [(default_group, t, None) for t in args.io_threads]
+        if processes:  # the same with writer threads
+            others += [(default_group, None, False)]
+        for group, threads, writers in others:
+            r = end_to_end(
+                seg,
+                folders,
+                classes,
+                tmp / "out",
+                group,
+                io_threads=threads,
+                writer_processes=writers,
+            )
+            what = f"segment DIR (group {group}"
+            what += f", {threads} I/O threads" if threads else ""
+            what += ", writer threads)" if writers is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         del seg
         if not args.no_reference:

@@ -92,6 +92,24 @@ class SegmentationResult:
         self._stats = class_stats
         self._lock = threading.Lock()
 
+    def __reduce__(self):
+        """Pickled (to a writer process) with its probabilities only if they were formed
+        already: read ``probs`` first to send them; a lazy map stays on its device."""
+        with self._lock:
+            probs = self._probs
+        return (
+            _unpickled,
+            (
+                self.labels,
+                probs,
+                self.classes,
+                self.names,
+                self.meta,
+                self.baseline_labels,
+                self.class_stats,
+            ),
+        )
+
     @property
     def probs(self) -> np.ndarray:
         """(K, H, W) float32; computed on first access when the engine left it on its device
@@ -168,6 +186,24 @@ class SegmentationResult:
     def __repr__(self) -> str:
         h, w = self.image_size
         return f"SegmentationResult({w}×{h}, classes={list(self.classes)!r})"
+
+
+def _probs_not_sent() -> np.ndarray:
+    raise ValueError(
+        "this result was sent without its probabilities (read .probs before sending it)"
+    )
+
+
+def _unpickled(labels, probs, classes, names, meta, baseline_labels, class_stats):
+    return SegmentationResult(
+        labels,
+        _probs_not_sent if probs is None else probs,
+        classes,
+        names,
+        meta,
+        baseline_labels,
+        class_stats=class_stats,
+    )
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,93 @@ def test_proxyclip_counts_its_proxys_tokens(proxy, timm_name, size, expected):
     if proxy == "dino" and size == (336, 336):
         assert TOKENS_PER_FORWARD // expected == 8
         assert TOKENS_PER_FORWARD // (21 * 21) == 32
+
+
+def _lazy_fake_result(rgb):
+    """As ``_fake_result``, its probabilities formed on first access (as beside a GPU)."""
+    done = _fake_result(rgb)
+    return type(done)(
+        done.labels,
+        lambda: done.probs,
+        done.classes,
+        done.names,
+        {"timings": {"total_s": 0.0}},
+        class_stats=done.class_stats,
+    )
+
+
+def test_writer_processes_write_what_writer_threads_write(tmp_path):
+    """The CLI's writers beside a GPU are processes: every file is byte for byte what writer
+    threads write (overlays, per-class masks and probabilities formed lazily included), the
+    order holds, and a write that fails is one failed image with its reason."""
+    from fbseg.runs.outputs import MaskMode
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(random_image(12 + i, 14, seed=i)).save(src / f"im{i}.png")
+    scan = collect_inputs([str(src)])
+    files = {}
+    for processes in (False, True):
+        out = tmp_path / f"out-{processes}"
+        (out / "im2.mask.png").mkdir(parents=True)  # a folder where a mask must go
+        opts = OutputOptions(
+            out_dir=out,
+            overlay=True,
+            save_probs=True,
+            masks=MaskMode.PER_CLASS,
+            class_labels=("a", "b"),
+        )
+        outcomes = list(
+            stream_items(
+                scan.items,
+                lambda payloads: [_lazy_fake_result(p) for p in payloads],
+                opts,
+                images_per_group=2,
+                io_threads=2,
+                writer_processes=processes,
+            )
+        )
+        assert [o.item.display for o in outcomes] == [str(src / f"im{i}.png") for i in range(5)]
+        statuses = [o.status for o in outcomes]
+        assert statuses == [ItemStatus.DONE] * 2 + [ItemStatus.FAILED] + [ItemStatus.DONE] * 2
+        assert "im2.mask.png" in outcomes[2].reason
+        assert outcomes[0].digest.image_size == (12, 14) and outcomes[0].result is not None
+        files[processes] = {
+            p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+        }
+    assert len(files[True]) == 4 * (4 + 2)  # mask, json, overlay, probs + 2 per-class masks
+    assert files[True] == files[False]
+
+
+def test_a_pickled_result_carries_probabilities_only_once_formed():
+    import pickle
+
+    rgb = random_image(6, 8, seed=1)
+    lazy = _lazy_fake_result(rgb)
+    copy = pickle.loads(pickle.dumps(lazy))
+    np.testing.assert_array_equal(copy.labels, lazy.labels)
+    np.testing.assert_array_equal(copy.class_stats, lazy.class_stats)
+    assert copy.summary() == lazy.summary() and copy.classes == lazy.classes
+    with pytest.raises(ValueError, match="without its probabilities"):
+        copy.probs  # noqa: B018
+    lazy.probs  # noqa: B018 (formed now: sent along)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy)).probs, lazy.probs)
+
+
+def test_cli_with_writer_processes(tmp_path, fast, monkeypatch):
+    """The CLI as it runs beside a GPU (writer processes), here on the CPU: the same files as
+    with writer threads, and a bad file still fails alone."""
+    from fbseg.pipeline.config import WRITER_PROCESSES
+
+    good = bad_folder(tmp_path / "in")
+    outputs = {}
+    for processes in (False, True):
+        monkeypatch.setitem(WRITER_PROCESSES, "cpu", processes)
+        out = tmp_path / f"out-{processes}"
+        r = run(["segment", str(tmp_path / "in"), "-c", "a,b", "-o", str(out), "--overlay", *fast])
+        assert r.exit_code == 4, r.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["done"] == len(good)
+        outputs[processes] = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert len(outputs[True]) == 2 * len(good) and outputs[True] == outputs[False]

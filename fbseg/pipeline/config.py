@@ -20,6 +20,10 @@ from fbseg.errors import ConfigError
 # ProxyCLIP 86 against 79 and 65: benchmarks/bench_throughput.py --groups).
 IMAGES_PER_CALL = {"cpu": 1, "cuda": 16}
 IO_THREADS = {"cpu": 1, "cuda": 4}
+# Whether the CLI's writers are processes rather than threads, by device type. Beside a GPU
+# the thread that drives the model is busy launching kernels, and writer threads (PNG
+# encoding, file writes) slowed it down through the interpreter lock.
+WRITER_PROCESSES = {"cpu": False, "cuda": True}
 # Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
 # and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
 # 8 with ProxyCLIP's DINO B/8 proxy (1764 tokens). Small batches leave a GPU waiting on the

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fbseg.errors import ConfigError
-from fbseg.pipeline.config import IMAGES_PER_CALL, IO_THREADS
+from fbseg.pipeline.config import IMAGES_PER_CALL, IO_THREADS, WRITER_PROCESSES
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -21,6 +21,11 @@ def default_images_per_call(device: torch.device) -> int:
 def default_io_threads(device: torch.device) -> int:
     """Decoder threads and writer threads (each) beside the model (``IO_THREADS``)."""
     return IO_THREADS.get(device.type, IO_THREADS["cpu"])
+
+
+def default_writer_processes(device: torch.device) -> bool:
+    """Whether the CLI writes through processes beside this device (``WRITER_PROCESSES``)."""
+    return WRITER_PROCESSES.get(device.type, WRITER_PROCESSES["cpu"])
 
 
 def resolve_device(device: str) -> torch.device:

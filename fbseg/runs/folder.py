@@ -77,6 +77,7 @@ def segment_folder(
     recursive: bool = False,
     images_per_group: int | None = None,
     io_threads: int | None = None,
+    writer_processes: bool = False,
     stdin_reader: Callable[[], bytes] | None = None,
     dist: distributed.Dist | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -91,7 +92,10 @@ def segment_folder(
     ``summary.json``. Under torchrun each rank takes its own share and rank 0 merges the
     summary. Ctrl-C finishes the writes in flight and returns with ``interrupted`` set.
     ``images_per_group`` images share one model batch, beside ``io_threads`` reader and as
-    many writer threads (defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``).
+    many writer threads (defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``), or writer
+    processes with ``writer_processes`` (what the CLI uses beside a GPU: the thread that
+    drives the model then shares the interpreter lock with the readers alone; a script needs
+    the ``if __name__ == "__main__":`` guard for them).
     """
     cfg = config or engine.config
     check_run(options, cfg)
@@ -120,6 +124,7 @@ def segment_folder(
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
         io_threads=io_threads or default_io_threads(engine.device),
+        writer_processes=writer_processes and len(items) > 1,  # none to start for one image
     )
     while True:
         try:

@@ -3,11 +3,13 @@ file reported and the run going on."""
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -54,7 +56,8 @@ class _Loaded:
     rgb: np.ndarray | None = None
     payload: object = None
     outcome: ItemOutcome | None = None  # skipped / failed before the model
-    write: Future | None = None
+    result: SegmentationResult | None = None
+    write: Future | None = None  # → (failure reason or None, seconds spent writing)
 
 
 _END = object()
@@ -109,24 +112,72 @@ def _reader(
     put(_END)
 
 
-def _write(entry: _Loaded, result: SegmentationResult, opts: OutputOptions) -> ItemOutcome:
+def _write_files(
+    item: InputItem,
+    paths: dict[str, Path],
+    rgb: np.ndarray | None,
+    result: SegmentationResult,
+    opts: OutputOptions,
+) -> tuple[str | None, float]:
+    """Render and write one image's files (in a writer thread or process): the one-line
+    reason if that failed, and the seconds it took."""
     t0 = time.perf_counter()
     try:
-        write_outputs(
-            render_outputs(result, entry.rgb, entry.item, opts), entry.paths, opts.overwrite
-        )
+        write_outputs(render_outputs(result, rgb, item, opts), paths, opts.overwrite)
     except OutputError as exc:
-        return ItemOutcome(entry.item, ItemStatus.FAILED, exc.one_line())
-    seconds = result.meta.get("timings", {}).get("total_s", 0.0) + time.perf_counter() - t0
+        return exc.one_line(), time.perf_counter() - t0
+    return None, time.perf_counter() - t0
+
+
+def _written(entry: _Loaded) -> ItemOutcome:
+    """The outcome of an image whose write was submitted (waits for it)."""
+    failure, seconds = entry.write.result()
+    result = entry.result
+    if failure is not None:
+        return ItemOutcome(entry.item, ItemStatus.FAILED, failure)
     return ItemOutcome(
         entry.item,
         ItemStatus.DONE,
         "",
         {k: str(p) for k, p in entry.paths.items()},
         result,
-        seconds,
+        result.meta.get("timings", {}).get("total_s", 0.0) + seconds,
         result.digest(),
     )
+
+
+def _ignore_interrupts() -> None:
+    """Writer processes finish what they were given: Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _writers(count: int, processes: bool) -> Executor:
+    """``count`` writer threads, or processes (started fresh, not forked: the parent may hold
+    a GPU context and running threads). Processes keep PNG encoding and file writing off
+    the interpreter lock that the thread driving the model needs."""
+    if not processes:
+        return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fbseg-write")
+    pool = ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_interrupts,
+    )
+    for _ in range(count):  # started now, while the first images are read and segmented
+        pool.submit(int)
+    return pool
+
+
+def _submit_write(writer: Executor, entry: _Loaded, opts: OutputOptions, processes: bool) -> None:
+    """Hand one image's outputs to a writer. A process gets the image's pixels only when an
+    output shows them, and the probabilities only for ``save_probs`` (formed here first if
+    the engine left them on its device)."""
+    rgb = entry.rgb
+    if processes:
+        if not (opts.overlay or opts.compare):
+            rgb = None
+        if opts.save_probs:
+            entry.result.probs  # noqa: B018 (formed on this side, where the device is)
+    entry.write = writer.submit(_write_files, entry.item, entry.paths, rgb, entry.result, opts)
 
 
 def _segment_group(todo: list[_Loaded], segment_batch: Callable[[list], list]) -> list[tuple]:
@@ -160,13 +211,16 @@ def stream_items(
     images_per_group: int = 1,
     prefetch: int = 4,
     io_threads: int = 1,
+    writer_processes: bool = False,
 ) -> Iterator[ItemOutcome]:
     """Segment and write each item, in order; a bad item is reported and the run goes on.
 
     Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` up to
     ``prefetch`` items ahead (in order), the caller's thread runs ``segment_batch`` on groups
     of ``images_per_group`` prepared images, and ``io_threads`` writer threads render and
-    write outputs. An item whose outputs all exist
+    write outputs (``writer_processes``: as many processes instead; a script that uses them
+    needs the ``if __name__ == "__main__":`` guard, as for any spawned process). An item
+    whose outputs all exist
     is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
     finished and reported, then KeyboardInterrupt is raised again.
     """
@@ -180,11 +234,11 @@ def stream_items(
     reader = threading.Thread(
         target=_reader, daemon=True, args=(items, load, decoders, loaded, stop)
     )
-    writer = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-write")
+    writer = _writers(io_threads, writer_processes)
     in_flight: list[_Loaded] = []
 
     def finished(entry: _Loaded) -> ItemOutcome:
-        return entry.outcome if entry.write is None else entry.write.result()
+        return entry.outcome if entry.write is None else _written(entry)
 
     reader.start()
     interrupted = False
@@ -204,7 +258,8 @@ def stream_items(
                 if isinstance(result, ItemOutcome):
                     entry.outcome = result
                 else:
-                    entry.write = writer.submit(_write, entry, result, opts)
+                    entry.result = result
+                    _submit_write(writer, entry, opts, writer_processes)
             while in_flight:  # the previous group's writes ran while the model worked
                 yield finished(in_flight.pop(0))
             in_flight = group
@@ -219,5 +274,5 @@ def stream_items(
     if interrupted:
         for entry in in_flight:
             if entry.write is not None:
-                yield entry.write.result()
+                yield _written(entry)
         raise KeyboardInterrupt
