@@ -134,7 +134,7 @@ def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]
 
 def end_to_end(
     seg,
-    folders: tuple[Path, Path],
+    folder: Path,
     classes,
     out: Path,
     per_call: int,
@@ -142,12 +142,12 @@ def end_to_end(
     writer_processes: bool | None = None,
     **outputs,
 ) -> dict:
-    """``segment_folder``'s marginal rate: the extra images of the second folder (twice the
-    first's) over the extra time, after a warm-up run; the fixed cost of a run (starting
-    threads or processes, filling and draining the pipeline) is reported apart. And where the
-    time went, in the larger run: each stage's busy time per image (read = decode in the
-    reader threads, model = the caller's ``segment_batch``, write = render + write in the
-    writers, as they report it)."""
+    """``segment_folder``'s steady rate: images from the first finished one to the last over
+    that time (after a warm-up run); the fixed cost of a run — starting threads or writer
+    processes, filling the pipeline — is reported apart as the time to the first image. And
+    where the time went: each stage's busy time per image (read = decode in the reader
+    threads, model = the caller's ``segment_batch``, write = render + write in the writers,
+    as they report it)."""
     from fbseg.runs import stream
     from fbseg.runs.folder import segment_folder
     from fbseg.runs.outputs import OutputOptions
@@ -158,7 +158,7 @@ def end_to_end(
         run_args["io_threads"] = io_threads
     if writer_processes is not None:
         run_args["writer_processes"] = writer_processes
-    segment_folder(seg, [str(folders[0])], classes, opts, **run_args)  # warm-up run
+    segment_folder(seg, [str(folder)], classes, opts, **run_args)  # warm-up run
     _sync(seg.device)
     busy = {"read": 0.0, "model": 0.0, "write": 0.0}
 
@@ -180,33 +180,36 @@ def end_to_end(
     patched = {"_load": timed("read", stream._load), "_written": written}
     originals = {name: getattr(stream, name) for name in patched}
     segment_batch = seg.segment_batch
-    walls, counts = [], []
+    finished: list[float] = []
     try:
         for name, fn in patched.items():
             setattr(stream, name, fn)
         seg.segment_batch = timed("model", segment_batch)
-        for folder in folders:
-            busy.update(read=0.0, model=0.0, write=0.0)
-            t0 = time.perf_counter()
-            run = segment_folder(seg, [str(folder)], classes, opts, **run_args)
-            _sync(seg.device)
-            walls.append(time.perf_counter() - t0)
-            counts.append(run.done_here)
+        t0 = time.perf_counter()
+        run = segment_folder(
+            seg,
+            [str(folder)],
+            classes,
+            opts,
+            on_outcome=lambda _: finished.append(time.perf_counter()),
+            **run_args,
+        )
+        wall = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
             setattr(stream, name, fn)
         del seg.segment_batch
-    rate = (counts[1] - counts[0]) / max(walls[1] - walls[0], 1e-9)
+    n = run.done_here
     return {
-        "images_per_s": rate,
-        "start_s": walls[0] - counts[0] / rate,
-        "stage_ms_per_image": {k: 1000 * v / counts[1] for k, v in busy.items()},
-        "model_busy_share": busy["model"] / walls[1],
+        "images_per_s": (n - 1) / max(finished[-1] - finished[0], 1e-9),
+        "start_s": finished[0] - t0,
+        "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
+        "model_busy_share": busy["model"] / wall,
     }
 
 
 def doubled(folder: Path) -> Path:
-    """A folder holding every image of ``folder`` twice (for a marginal rate)."""
+    """A folder holding every image of ``folder`` twice (a longer steady stretch)."""
     import shutil
 
     twice = folder.with_name(folder.name + "-x2")
@@ -292,7 +295,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         args.checkpoint, args.proxy_checkpoint = random_weights(tmp)
     folder = tmp / "images"
     make_folder(folder, args.images)
-    folders = (folder, doubled(folder)) if not args.model_only else (folder, folder)
+    folder_x2 = folder if args.model_only else doubled(folder)  # a longer run for DIR rows
     classes = datasets.get("voc21").classes()  # 21 classes, 46 names
     report: dict = {"rows": [], "kernels": {}, "tree": tree}
     for host in args.hosts:
@@ -349,7 +352,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 outputs = {"masks": MaskMode.PER_CLASS}
             r = end_to_end(
                 seg,
-                folders,
+                folder_x2,
                 classes,
                 tmp / "out",
                 default_group,
@@ -373,7 +376,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         for group, threads, writers in others:
             r = end_to_end(
                 seg,
-                folders,
+                folder_x2,
                 classes,
                 tmp / "out",
                 group,
