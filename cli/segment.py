@@ -158,7 +158,6 @@ def segment(
     flags = dict(locals())
     with guarded(debug):
         from fbseg.errors import ConfigError
-        from fbseg.pipeline.device import default_writer_processes
         from fbseg.runs import distributed
         from fbseg.runs.folder import check_run, scan_inputs, segment_folder
         from fbseg.runs.outputs import MaskMode, OutputOptions
@@ -216,7 +215,6 @@ def segment(
                 cl,
                 options,
                 images_per_group=batch_images,
-                writer_processes=default_writer_processes(seg.device),
                 stdin_reader=sys.stdin.buffer.read,
                 dist=dist,
                 on_outcome=finished,

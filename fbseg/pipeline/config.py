@@ -20,7 +20,7 @@ from fbseg.errors import ConfigError
 # ProxyCLIP 86 against 79 and 65: benchmarks/bench_throughput.py --groups).
 IMAGES_PER_CALL = {"cpu": 1, "cuda": 16}
 IO_THREADS = {"cpu": 1, "cuda": 4}
-# Whether the CLI's writers are processes rather than threads, by device type. Beside a GPU
+# Whether a folder run's writers are processes rather than threads, by device type. Beside a GPU
 # the thread that drives the model is busy launching kernels, and writer threads (PNG
 # encoding, file writes) slowed it down through the interpreter lock.
 WRITER_PROCESSES = {"cpu": False, "cuda": True}

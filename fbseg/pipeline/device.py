@@ -24,7 +24,7 @@ def default_io_threads(device: torch.device) -> int:
 
 
 def default_writer_processes(device: torch.device) -> bool:
-    """Whether the CLI writes through processes beside this device (``WRITER_PROCESSES``)."""
+    """Whether a folder run writes through processes beside this device (``WRITER_PROCESSES``)."""
     return WRITER_PROCESSES.get(device.type, WRITER_PROCESSES["cpu"])
 
 

@@ -10,7 +10,11 @@ from pathlib import Path
 from fbseg.classes import ClassList
 from fbseg.errors import ConfigError, FbsegError
 from fbseg.pipeline.config import SegmentConfig
-from fbseg.pipeline.device import default_images_per_call, default_io_threads
+from fbseg.pipeline.device import (
+    default_images_per_call,
+    default_io_threads,
+    default_writer_processes,
+)
 from fbseg.pipeline.engine import Engine
 from fbseg.runs import distributed
 from fbseg.runs.inputs import RUN_SUMMARY, InputItem, InputScan, check_inputs, collect_inputs
@@ -77,7 +81,7 @@ def segment_folder(
     recursive: bool = False,
     images_per_group: int | None = None,
     io_threads: int | None = None,
-    writer_processes: bool = False,
+    writer_processes: bool | None = None,
     stdin_reader: Callable[[], bytes] | None = None,
     dist: distributed.Dist | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -92,10 +96,9 @@ def segment_folder(
     ``summary.json``. Under torchrun each rank takes its own share and rank 0 merges the
     summary. Ctrl-C finishes the writes in flight and returns with ``interrupted`` set.
     ``images_per_group`` images share one model batch, beside ``io_threads`` reader and as
-    many writer threads (defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``), or writer
-    processes with ``writer_processes`` (what the CLI uses beside a GPU: the thread that
-    drives the model then shares the interpreter lock with the readers alone; a script needs
-    the ``if __name__ == "__main__":`` guard for them).
+    many writers: threads, or worker processes with ``writer_processes`` (beside a GPU the
+    thread that drives the model then shares the interpreter lock with the readers alone).
+    Defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``, ``WRITER_PROCESSES``.
     """
     cfg = config or engine.config
     check_run(options, cfg)
@@ -116,6 +119,9 @@ def segment_folder(
     several = len(scan.items) + len(scan.missing) > 1
     if on_start is not None:
         on_start(len(items))
+    processes = (
+        default_writer_processes(engine.device) if writer_processes is None else writer_processes
+    )
     stream = stream_items(
         items,
         lambda images: engine.segment_batch(images, classes, cfg, compare=options.compare),
@@ -124,7 +130,7 @@ def segment_folder(
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
         io_threads=io_threads or default_io_threads(engine.device),
-        writer_processes=writer_processes and len(items) > 1,  # none to start for one image
+        writer_processes=processes and len(items) > 1,  # no process to start for one image
     )
     while True:
         try:

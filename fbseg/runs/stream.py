@@ -3,13 +3,11 @@ file reported and the run going on."""
 
 from __future__ import annotations
 
-import multiprocessing
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -20,6 +18,7 @@ from fbseg.errors import InputError, OutputError
 from fbseg.result import ResultDigest, SegmentationResult
 from fbseg.runs.inputs import InputItem, read_input
 from fbseg.runs.outputs import OutputOptions, output_paths, render_outputs, write_outputs
+from fbseg.runs.worker_pool import WorkerPool
 
 
 class ItemStatus(str, Enum):
@@ -146,25 +145,13 @@ def _written(entry: _Loaded) -> ItemOutcome:
     )
 
 
-def _ignore_interrupts() -> None:
-    """Writer processes finish what they were given: Ctrl-C is the parent's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _writers(count: int, processes: bool) -> Executor:
-    """``count`` writer threads, or processes (started fresh, not forked: the parent may hold
-    a GPU context and running threads). Processes keep PNG encoding and file writing off
-    the interpreter lock that the thread driving the model needs."""
-    if not processes:
-        return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fbseg-write")
-    pool = ProcessPoolExecutor(
-        max_workers=count,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_ignore_interrupts,
-    )
-    for _ in range(count):  # started now, while the first images are read and segmented
-        pool.submit(int)
-    return pool
+    """``count`` writer threads, or worker processes (``WorkerPool``), which keep PNG
+    encoding and file writing off the interpreter lock that the thread driving the model
+    needs."""
+    if processes:
+        return WorkerPool(count)
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fbseg-write")
 
 
 def _submit_write(writer: Executor, entry: _Loaded, opts: OutputOptions, processes: bool) -> None:
@@ -218,9 +205,8 @@ def stream_items(
     Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` up to
     ``prefetch`` items ahead (in order), the caller's thread runs ``segment_batch`` on groups
     of ``images_per_group`` prepared images, and ``io_threads`` writer threads render and
-    write outputs (``writer_processes``: as many processes instead; a script that uses them
-    needs the ``if __name__ == "__main__":`` guard, as for any spawned process). An item
-    whose outputs all exist
+    write outputs (``writer_processes``: as many worker processes instead). An item whose
+    outputs all exist
     is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
     finished and reported, then KeyboardInterrupt is raised again.
     """
