@@ -10,11 +10,13 @@ from fbseg.hosts.base import CropBatch, Host, HostOptions, LastBlock, split_head
 from fbseg.models.proxies import (
     DEFAULT_PROXY,
     PROXIES,
+    ProxyInput,
     ProxySpec,
     load_proxy,
     proxy_features,
     proxy_tokens,
 )
+from fbseg.models.sam_attention import chunk_global_attention
 from fbseg.models.weights import weights_id
 
 
@@ -32,6 +34,8 @@ class ProxyCLIP(Host):
     gamma = 3.0
 
     def __init__(self, proxy: torch.nn.Module, spec: ProxySpec, weights_id: str | None = None):
+        if spec.input is ProxyInput.SAM:  # its 12 × 4096² position bias, a band at a time
+            chunk_global_attention(proxy)
         self.proxy = proxy.eval()
         self.spec = spec
         self.weights_id = weights_id
