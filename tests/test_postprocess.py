@@ -229,3 +229,24 @@ def test_the_same_names_reuse_their_device_copy(tiny_clip):
     with_text(seg, ["cat", "sofa", "couch", "floor"], 32, seed=9)  # new embeddings
     again = seg.encode_text("cat,sofa; couch,floor")
     assert again is not first and not torch.equal(again, first)
+
+
+@pytest.mark.parametrize(
+    "name_to_class",
+    [[0, 1, 1, 2, 2, 2, 3, 4, 4], [2, 0, 1, 0, 2, 2], [0, 1, 2]],
+    ids=["grouped", "interleaved", "one-each"],
+)
+def test_class_maximum_matches_a_loop_over_classes(name_to_class):
+    """Classes with equal name counts are taken together; each class still gets the
+    maximum over exactly its own names (a plain loop here)."""
+    from fbseg.pipeline.postprocess import class_maximum
+
+    per_name = torch.rand(len(name_to_class), 5, 7, generator=torch.Generator().manual_seed(2))
+    K = max(name_to_class) + 1
+    expected = torch.stack(
+        [
+            torch.stack([per_name[i] for i, c in enumerate(name_to_class) if c == k]).max(0).values
+            for k in range(K)
+        ]
+    )
+    assert torch.equal(class_maximum(per_name, name_to_class), expected)

@@ -26,7 +26,7 @@ def channel_constant(
 
 
 _COPIES: dict[tuple, torch.Tensor] = {}
-_COPIES_MAX = 32
+_COPIES_MAX = 256
 
 
 def on_device(

@@ -8,6 +8,7 @@ behind the model and the host waits once, in ``results_from_device``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fbseg.models.constants import on_device
 from fbseg.pipeline.config import Refinement, SegmentConfig
 from fbseg.pipeline.device import to_host
 from fbseg.pipeline.refine import pamr
@@ -41,19 +43,42 @@ def class_probabilities(
 
 
 def class_maximum(per_name: torch.Tensor, name_to_class: Sequence[int]) -> torch.Tensor:
-    """(C, H, W) per name → (K, H, W): each class takes the maximum over its names."""
+    """(C, H, W) per name → (K, H, W): each class takes the maximum over its names.
+
+    Classes with the same number of names go together (a gather, a max, a scatter), so a
+    list of K classes costs a few operations per distinct name count, not a few per class:
+    beside a GPU each operation is a kernel launch the host must make."""
     K = max(name_to_class) + 1
     if K == per_name.shape[0]:
         return per_name
     out = per_name.new_empty((K, *per_name.shape[1:]))
-    for k in range(K):
-        members = [i for i, c in enumerate(name_to_class) if c == k]
-        if members == list(range(members[0], members[-1] + 1)):  # a class's names in a row
-            rows = per_name[members[0] : members[-1] + 1]  # a slice: no index tensor to copy
-        else:
-            rows = per_name[members]
-        out[k] = rows.amax(dim=0)
+    for classes, names in _classes_by_name_count(tuple(name_to_class)):
+        rows = per_name.index_select(0, _index(names, per_name.device))
+        rows = rows.unflatten(0, (len(classes), -1))  # (classes, names each, H, W)
+        out.index_copy_(0, _index(classes, per_name.device), rows.amax(dim=1))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _classes_by_name_count(
+    name_to_class: tuple[int, ...],
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """(classes, their names flattened) for each number of names a class has."""
+    members: dict[int, list[int]] = {}
+    for i, k in enumerate(name_to_class):
+        members.setdefault(k, []).append(i)
+    by_count: dict[int, list[int]] = {}
+    for k in sorted(members):
+        by_count.setdefault(len(members[k]), []).append(k)
+    return tuple(
+        (tuple(classes), tuple(i for k in classes for i in members[k]))
+        for classes in by_count.values()
+    )
+
+
+def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as an int64 index on ``device``, copied there once."""
+    return on_device(lambda: torch.tensor(values), ("index", values), device, torch.int64)
 
 
 def labels_from_probs(probs: torch.Tensor, threshold: float) -> torch.Tensor:
