@@ -426,3 +426,40 @@ def test_cli_with_writer_processes(tmp_path, fast, monkeypatch):
         assert summary["done"] == len(good)
         outputs[processes] = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert len(outputs[True]) == 2 * len(good) and outputs[True] == outputs[False]
+
+
+class _EndsTheProcessThatReadsIt:
+    """Unpickled in a writer process, it ends that process (a crash mid-write)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os._exit, (3,))
+
+
+def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(random_image(10, 12, seed=i)).save(src / f"im{i}.png")
+    scan = collect_inputs([str(src)])
+
+    def segment_batch(payloads):
+        results = [_fake_result(p) for p in payloads]
+        for r in results:
+            if r.labels.shape == (10, 12) and segment_batch.calls == 1:
+                r.meta["crash"] = _EndsTheProcessThatReadsIt()
+        segment_batch.calls += 1
+        return results
+
+    segment_batch.calls = 0
+    opts = OutputOptions(out_dir=tmp_path / "out")
+    outcomes = list(
+        stream_items(
+            scan.items, segment_batch, opts, images_per_group=2, io_threads=2, writer_processes=True
+        )
+    )
+    statuses = [o.status for o in outcomes]
+    assert statuses == [ItemStatus.DONE] * 2 + [ItemStatus.FAILED] * 2 + [ItemStatus.DONE]
+    assert "im2.png: not written: a writer process ended unexpectedly" in outcomes[2].reason
+    assert (tmp_path / "out" / "im4.mask.png").exists()  # a new writer took the rest

@@ -24,13 +24,14 @@ def test_calls_run_in_other_processes_and_exceptions_come_back():
         pool.shutdown()
 
 
-def test_a_worker_that_dies_fails_its_call_not_the_parent():
+def test_a_worker_that_dies_fails_its_call_and_is_replaced():
     pool = WorkerPool(1)
     try:
+        first = pool.submit(os.getpid).result(timeout=30)
         with pytest.raises(WorkerDied, match="ended unexpectedly"):
             pool.submit(os._exit, 3).result(timeout=30)
-        with pytest.raises(WorkerDied):  # and the calls after it, instead of hanging
-            pool.submit(len, "abc").result(timeout=30)
+        assert pool.submit(len, "abc").result(timeout=30) == 3  # the next call is served
+        assert pool.submit(os.getpid).result(timeout=30) != first  # by a new process
     finally:
         pool.shutdown()
 

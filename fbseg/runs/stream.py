@@ -18,7 +18,7 @@ from fbseg.errors import InputError, OutputError
 from fbseg.result import ResultDigest, SegmentationResult
 from fbseg.runs.inputs import InputItem, read_input
 from fbseg.runs.outputs import OutputOptions, output_paths, render_outputs, write_outputs
-from fbseg.runs.worker_pool import WorkerPool
+from fbseg.runs.worker_pool import WorkerDied, WorkerPool
 
 
 class ItemStatus(str, Enum):
@@ -130,7 +130,10 @@ def _write_files(
 
 def _written(entry: _Loaded) -> ItemOutcome:
     """The outcome of an image whose write was submitted (waits for it)."""
-    failure, seconds = entry.write.result()
+    try:
+        failure, seconds = entry.write.result()
+    except WorkerDied as exc:  # that image fails; a new writer takes the next ones
+        failure, seconds = f"{entry.item.display}: not written: {exc}", 0.0
     result = entry.result
     if failure is not None:
         return ItemOutcome(entry.item, ItemStatus.FAILED, failure)

@@ -29,16 +29,17 @@ class WorkerPool(Executor):
     """``count`` worker processes behind the ``Executor`` interface (``submit`` → Future).
 
     Calls must be picklable: module-level functions and plain data. A call that raises gives
-    its Future that exception; a worker that dies fails the call it held and the ones after.
-    Workers ignore Ctrl-C: what they were given is finished, and ``shutdown`` waits for it.
+    its Future that exception; a worker that dies fails the call it held with ``WorkerDied``
+    and is replaced. Workers ignore Ctrl-C: what they were given is finished, and
+    ``shutdown`` waits for it.
     """
 
     def __init__(self, count: int) -> None:
         self._calls: queue.Queue = queue.Queue()
         self._workers = [_start_worker() for _ in range(count)]
         self._feeders = [
-            threading.Thread(target=self._feed, args=(w,), daemon=True, name="fbseg-worker-feed")
-            for w in self._workers
+            threading.Thread(target=self._feed, args=(i,), daemon=True, name="fbseg-worker-feed")
+            for i in range(count)
         ]
         for feeder in self._feeders:
             feeder.start()
@@ -69,9 +70,9 @@ class WorkerPool(Executor):
             for worker in self._workers:
                 worker.wait()
 
-    def _feed(self, worker: subprocess.Popen) -> None:
-        """Hand this worker one call at a time; close its pipe at the end."""
-        dead: BaseException | None = None
+    def _feed(self, index: int) -> None:
+        """Hand worker ``index`` one call at a time; replace it if it dies; close its pipe
+        at the end."""
         try:
             while True:
                 call = self._calls.get()
@@ -80,16 +81,15 @@ class WorkerPool(Executor):
                 future, fn, args, kwargs = call
                 if not future.set_running_or_notify_cancel():
                     continue
-                if dead is not None:
-                    future.set_exception(dead)
-                    continue
+                worker = self._workers[index]
                 try:
                     pickle.dump((fn, args, kwargs), worker.stdin, pickle.HIGHEST_PROTOCOL)
                     worker.stdin.flush()
                     ok, value = pickle.load(worker.stdout)
                 except (EOFError, OSError, pickle.UnpicklingError) as exc:
-                    dead = WorkerDied(f"a writer process ended unexpectedly ({exc})")
-                    future.set_exception(dead)
+                    future.set_exception(WorkerDied(f"a writer process ended unexpectedly ({exc})"))
+                    _stop(worker)
+                    self._workers[index] = _start_worker()
                     continue
                 except BaseException as exc:  # the call itself could not be pickled
                     future.set_exception(exc)
@@ -100,9 +100,20 @@ class WorkerPool(Executor):
                     future.set_exception(value)
         finally:
             try:
-                worker.stdin.close()
+                self._workers[index].stdin.close()
             except OSError:
                 pass
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    """End a worker that broke its pipe (it may still be running)."""
+    for pipe in (worker.stdin, worker.stdout):
+        try:
+            pipe.close()
+        except OSError:
+            pass
+    worker.kill()
+    worker.wait()
 
 
 def _start_worker() -> subprocess.Popen:
