@@ -94,18 +94,20 @@ class SegmentationResult:
 
     def __reduce__(self):
         """Pickled (to a writer process) with its probabilities only if they were formed
-        already: read ``probs`` first to send them; a lazy map stays on its device."""
+        already: read ``probs`` first to send them; a lazy map stays on its device. Labels
+        travel in the narrowest integer type their classes need (uint8 up to 256)."""
         with self._lock:
             probs = self._probs
+        narrow = np.min_scalar_type(max(len(self.classes) - 1, 0))
         return (
             _unpickled,
             (
-                self.labels,
+                self.labels.astype(narrow),
                 probs,
                 self.classes,
                 self.names,
                 self.meta,
-                self.baseline_labels,
+                None if self.baseline_labels is None else self.baseline_labels.astype(narrow),
                 self.class_stats,
             ),
         )
@@ -196,12 +198,12 @@ def _probs_not_sent() -> np.ndarray:
 
 def _unpickled(labels, probs, classes, names, meta, baseline_labels, class_stats):
     return SegmentationResult(
-        labels,
+        labels.astype(np.int64),
         _probs_not_sent if probs is None else probs,
         classes,
         names,
         meta,
-        baseline_labels,
+        None if baseline_labels is None else baseline_labels.astype(np.int64),
         class_stats=class_stats,
     )
 

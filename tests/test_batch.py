@@ -402,6 +402,9 @@ def test_a_pickled_result_carries_probabilities_only_once_formed():
     lazy = _lazy_fake_result(rgb)
     copy = pickle.loads(pickle.dumps(lazy))
     np.testing.assert_array_equal(copy.labels, lazy.labels)
+    assert copy.labels.dtype == np.int64  # sent as uint8, read back as the API's int64
+    large = _lazy_fake_result(random_image(200, 300, seed=2))
+    assert len(pickle.dumps(large)) < large.labels.nbytes / 4  # 1 byte per pixel, not 8
     np.testing.assert_array_equal(copy.class_stats, lazy.class_stats)
     assert copy.summary() == lazy.summary() and copy.classes == lazy.classes
     with pytest.raises(ValueError, match="without its probabilities"):
