@@ -173,7 +173,8 @@ def end_to_end(
         return run
 
     def written(entry):  # the writer (thread or process) reports its own seconds
-        busy["write"] += entry.write.result()[1]
+        if entry.write.exception() is None:
+            busy["write"] += entry.write.result()[1]
         return stream_written(entry)
 
     stream_written = stream._written

@@ -1,4 +1,4 @@
 from . import main
 
-if __name__ == "__main__":  # not when a spawned writer process imports it
+if __name__ == "__main__":  # not when merely imported
     main()

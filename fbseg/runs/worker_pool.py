@@ -9,7 +9,6 @@ parent, which mostly waits on the pipe (outside the interpreter lock).
 
 from __future__ import annotations
 
-import os
 import pickle
 import queue
 import signal
@@ -122,7 +121,6 @@ def _start_worker() -> subprocess.Popen:
         [sys.executable, "-m", __name__],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     pickle.dump(list(sys.path), worker.stdin, pickle.HIGHEST_PROTOCOL)
     worker.stdin.flush()
