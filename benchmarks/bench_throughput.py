@@ -337,10 +337,10 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
         default_group = default_images_per_call(device) if default_images_per_call else None
-        from fbseg.pipeline.device import default_writer_processes
+        from fbseg.pipeline.device import default_writer_process_count, default_writer_processes
 
         processes = default_writer_processes(device)
-        writers = ", writer processes" if processes else ""
+        writers = f", {default_writer_process_count(device)} writer processes" if processes else ""
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),

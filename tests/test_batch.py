@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from fbseg import parse_classes
 from fbseg.pipeline.window import protocol_size
 from fbseg.runs import folder as folder_run
 from fbseg.runs.inputs import collect_inputs
@@ -104,6 +105,45 @@ def test_pipeline_keeps_input_order_and_groups(tmp_path, io_threads):
     assert groups == [3, 3]
     for i in (0, 6):
         assert np.asarray(Image.open(tmp_path / "out" / f"im{i}.mask.png")).shape == (10 + i, 12)
+
+
+def test_the_next_group_is_decoded_while_the_model_runs(tmp_path):
+    """The readers run a whole group ahead (and their threads' worth more), whatever the
+    prefetch asked: the model never waits for a group to be decoded after the first."""
+    import threading
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
+    scan = collect_inputs([str(src)])
+    prepared = []
+    lock = threading.Lock()
+
+    def prepare(rgb):
+        with lock:
+            prepared.append(1)
+        return rgb
+
+    ahead = []
+
+    def segment_batch(payloads):
+        if not ahead:  # the first group: wait (up to 5 s) for the readers to fill up
+            deadline = time.monotonic() + 5
+            while len(prepared) < 8 + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ahead.append(len(prepared))
+        return [_fake_result(p) for p in payloads]
+
+    opts = OutputOptions(out_dir=tmp_path / "out")
+    outcomes = list(
+        stream_items(
+            scan.items, segment_batch, opts, prepare=prepare, images_per_group=4, prefetch=1
+        )
+    )
+    assert [o.status for o in outcomes] == [ItemStatus.DONE] * 12
+    assert ahead[0] >= 8 + 1  # this group, the next, and one for the reader thread
 
 
 def test_per_class_masks(tmp_path, fast):
@@ -466,3 +506,71 @@ def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
     assert statuses == [ItemStatus.DONE] * 2 + [ItemStatus.FAILED] * 2 + [ItemStatus.DONE]
     assert "im2.png: not written: a writer process ended unexpectedly" in outcomes[2].reason
     assert (tmp_path / "out" / "im4.mask.png").exists()  # a new writer took the rest
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "ranks", "expected"),
+    [
+        ("cuda", 16, None, 11),  # 16 cores less the model's thread and 4 decoder threads
+        ("cuda", 64, None, 16),  # at most MAX_WRITER_PROCESSES
+        ("cuda", 16, "4", 4),  # four GPU ranks on the node: 4 cores each, IO_THREADS at least
+        ("cuda", 64, "2", 16),
+        ("cuda", 32, "2", 11),
+        ("cpu", 2, None, 1),
+    ],
+)
+def test_writer_processes_take_the_cores_left(monkeypatch, device, cores, ranks, expected):
+    from fbseg.pipeline import device as device_mod
+
+    monkeypatch.setattr(device_mod, "usable_cores", lambda: cores)
+    if ranks is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    assert device_mod.default_writer_process_count(torch.device(device)) == expected
+
+
+@pytest.mark.parametrize(
+    ("processes", "images", "writers", "expected"),
+    [
+        (True, 3, None, 3),
+        (True, 20, None, 11),
+        (False, 20, None, 2),
+        (True, 20, 5, 5),
+        (True, 1, None, 1),
+    ],
+)
+def test_a_folder_run_starts_no_more_writers_than_it_needs(
+    tmp_path, tiny_clip, monkeypatch, processes, images, writers, expected
+):
+    """Writer processes: one per free core but never more than images; threads: as many
+    as reader threads."""
+    from fbseg.pipeline import device as device_mod
+
+    monkeypatch.setattr(device_mod, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setitem(device_mod.IO_THREADS, "cpu", 4)  # as beside a GPU
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(images):
+        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
+    seen = {}
+
+    def spy(items, *args, **kwargs):
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(folder_run, "stream_items", spy)
+    seg = tiny_segmenter(tiny_clip, ["a", "b"])
+    opts = OutputOptions(out_dir=tmp_path / "out")
+    folder_run.segment_folder(
+        seg,
+        [str(src)],
+        parse_classes("a,b"),
+        opts,
+        io_threads=2 if not processes else None,
+        writers=writers,
+        writer_processes=processes,
+    )
+    assert seen["writers"] == expected
+    assert seen["writer_processes"] == (processes and images > 1)

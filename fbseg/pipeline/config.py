@@ -14,7 +14,7 @@ from enum import Enum
 from fbseg.errors import ConfigError
 
 # By device type (others as "cpu"): images whose windows share one model batch (--batch), and
-# decoder and writer threads each. A GPU needs several images per call and threads to feed
+# decoder threads (and writer threads, where writers are threads). A GPU needs several images per call and threads to feed
 # it; on a CPU the model already uses every core. On an H200, `segment DIR` ran fastest at 16
 # images per call of the 1, 4 and 16 tried (NACLIP 172 images/s against 145 at 4 and 99 at 1;
 # ProxyCLIP 86 against 79 and 65: benchmarks/bench_throughput.py --groups).
@@ -24,6 +24,10 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 # the thread that drives the model is busy launching kernels, and writer threads (PNG
 # encoding, file writes) slowed it down through the interpreter lock.
 WRITER_PROCESSES = {"cpu": False, "cuda": True}
+# Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
+# node's cores shared among its ranks), up to this many. An overlay costs about 10 ms of one
+# core for a 600×400 image, so a GPU that segments a few hundred images a second needs several.
+MAX_WRITER_PROCESSES = 16
 # Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
 # and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
 # 8 with ProxyCLIP's DINO B/8 proxy (1764 tokens). Small batches leave a GPU waiting on the

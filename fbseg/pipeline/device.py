@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from fbseg.errors import ConfigError
-from fbseg.pipeline.config import IMAGES_PER_CALL, IO_THREADS, WRITER_PROCESSES
+from fbseg.pipeline.config import (
+    IMAGES_PER_CALL,
+    IO_THREADS,
+    MAX_WRITER_PROCESSES,
+    WRITER_PROCESSES,
+)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -19,8 +25,26 @@ def default_images_per_call(device: torch.device) -> int:
 
 
 def default_io_threads(device: torch.device) -> int:
-    """Decoder threads and writer threads (each) beside the model (``IO_THREADS``)."""
+    """Decoder threads beside the model, and writer threads where writers are threads
+    (``IO_THREADS``)."""
     return IO_THREADS.get(device.type, IO_THREADS["cpu"])
+
+
+def default_writer_process_count(device: torch.device) -> int:
+    """Writer processes a folder run starts beside this device: one per core left after the
+    model's thread and the decoder threads, the cores of a torchrun node shared among its
+    ranks (at least ``IO_THREADS``, at most ``MAX_WRITER_PROCESSES``)."""
+    threads = default_io_threads(device)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    left = usable_cores() // ranks_here - 1 - threads
+    return max(threads, min(MAX_WRITER_PROCESSES, left))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def default_writer_processes(device: torch.device) -> bool:

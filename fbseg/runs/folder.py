@@ -13,6 +13,7 @@ from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.device import (
     default_images_per_call,
     default_io_threads,
+    default_writer_process_count,
     default_writer_processes,
 )
 from fbseg.pipeline.engine import Engine
@@ -81,6 +82,7 @@ def segment_folder(
     recursive: bool = False,
     images_per_group: int | None = None,
     io_threads: int | None = None,
+    writers: int | None = None,
     writer_processes: bool | None = None,
     stdin_reader: Callable[[], bytes] | None = None,
     dist: distributed.Dist | None = None,
@@ -95,10 +97,11 @@ def segment_folder(
     skipped unless ``options.overwrite`` (so a rerun resumes); several inputs also write
     ``summary.json``. Under torchrun each rank takes its own share and rank 0 merges the
     summary. Ctrl-C finishes the writes in flight and returns with ``interrupted`` set.
-    ``images_per_group`` images share one model batch, beside ``io_threads`` reader and as
-    many writers: threads, or worker processes with ``writer_processes`` (beside a GPU the
-    thread that drives the model then shares the interpreter lock with the readers alone).
-    Defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``, ``WRITER_PROCESSES``.
+    ``images_per_group`` images share one model batch, beside ``io_threads`` reader threads
+    and ``writers`` writers: threads, or worker processes with ``writer_processes`` (beside a
+    GPU the thread that drives the model then shares the interpreter lock with the readers
+    alone). Defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``, ``WRITER_PROCESSES``,
+    and as writers ``io_threads`` threads or ``default_writer_process_count`` processes.
     """
     cfg = config or engine.config
     check_run(options, cfg)
@@ -121,7 +124,10 @@ def segment_folder(
         on_start(len(items))
     processes = (
         default_writer_processes(engine.device) if writer_processes is None else writer_processes
-    )
+    ) and len(items) > 1  # no process to start for one image
+    readers = io_threads or default_io_threads(engine.device)
+    if not writers:
+        writers = default_writer_process_count(engine.device) if processes else readers
     stream = stream_items(
         items,
         lambda images: engine.segment_batch(images, classes, cfg, compare=options.compare),
@@ -129,8 +135,9 @@ def segment_folder(
         stdin_reader=stdin_reader,
         prepare=lambda rgb: engine.prepare(rgb, cfg),
         images_per_group=group,
-        io_threads=io_threads or default_io_threads(engine.device),
-        writer_processes=processes and len(items) > 1,  # no process to start for one image
+        io_threads=readers,
+        writers=max(1, min(writers, len(items))),  # no idle writer process for a short run
+        writer_processes=processes,
     )
     while True:
         try:

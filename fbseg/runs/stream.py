@@ -201,19 +201,21 @@ def stream_items(
     images_per_group: int = 1,
     prefetch: int = 4,
     io_threads: int = 1,
+    writers: int | None = None,
     writer_processes: bool = False,
 ) -> Iterator[ItemOutcome]:
     """Segment and write each item, in order; a bad item is reported and the run goes on.
 
-    Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` up to
-    ``prefetch`` items ahead (in order), the caller's thread runs ``segment_batch`` on groups
-    of ``images_per_group`` prepared images, and ``io_threads`` writer threads render and
-    write outputs (``writer_processes``: as many worker processes instead). An item whose
-    outputs all exist
-    is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
+    Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` items ahead
+    (in order; at least ``prefetch``, and the whole next group while the model runs one),
+    the caller's thread runs ``segment_batch`` on groups of ``images_per_group`` prepared
+    images, and ``writers`` (default ``io_threads``) writer threads render and write outputs
+    (``writer_processes``: worker processes instead). An item whose outputs all exist is
+    skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
     finished and reported, then KeyboardInterrupt is raised again.
     """
-    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch, 2 * io_threads))
+    ahead = max(1, prefetch, 2 * io_threads, images_per_group + io_threads)
+    loaded: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
     decoders = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-read")
 
@@ -223,7 +225,7 @@ def stream_items(
     reader = threading.Thread(
         target=_reader, daemon=True, args=(items, load, decoders, loaded, stop)
     )
-    writer = _writers(io_threads, writer_processes)
+    writer = _writers(writers or io_threads, writer_processes)
     in_flight: list[_Loaded] = []
 
     def finished(entry: _Loaded) -> ItemOutcome:
