@@ -90,6 +90,67 @@ def test_windows_follow_the_reference_positions():
     assert boxes[-1] == (264, 600, 64, 400) and len(boxes) == 4 * 2
 
 
+@pytest.mark.parametrize("window", [64, None])
+def test_stitching_averages_each_pixel_over_the_windows_that_cover_it(monkeypatch, window):
+    """Each window's logits upsampled to its crop and placed at its box, summed and divided by
+    a count of boxes per pixel made here — whatever the number of windows upsampled
+    together (``STITCH_BYTES``) or per forward."""
+    from fbseg.pipeline import window as window_mod
+
+    g = torch.Generator().manual_seed(3)
+    images = [torch.randn(3, h, w, generator=g) for h, w in [(100, 37), (64, 64), (65, 130)]]
+    per_crop = {}
+
+    def crop_fn(crops):  # deterministic in the crop: the same logits however crops are batched
+        out = []
+        for crop in crops:
+            key = crop.sum().item()
+            if key not in per_crop:
+                per_crop[key] = torch.randn(
+                    5, crop.shape[1] // 14, crop.shape[2] // 14, generator=g
+                )
+            out.append(per_crop[key])
+        return torch.stack(out)
+
+    def stitch(windows_per_forward):
+        return window_mod.slide_many(
+            images,
+            crop_fn,
+            window=window,
+            stride=24,
+            pad_multiple=14,
+            windows_per_forward=windows_per_forward,
+        )
+
+    first = stitch(3)
+    monkeypatch.setattr(window_mod, "STITCH_BYTES", 1)  # one window per upsampling
+    for other in (stitch(3), stitch(1)):
+        assert all(torch.equal(a, b) for a, b in zip(first, other))
+    for image, result in zip(images, first):
+        h, w = image.shape[1:]
+        boxes = [(0, h, 0, w)] if window is None else window_boxes(h, w, window, 24)
+        total = torch.zeros(5, h, w)
+        count = torch.zeros(h, w)
+        for y1, y2, x1, x2 in boxes:
+            crop = image[:, y1:y2, x1:x2]
+            ph, pw = (-crop.shape[1]) % 14, (-crop.shape[2]) % 14
+            if window is None:
+                ph = pw = 0
+            padded = torch.nn.functional.pad(crop, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            up = torch.nn.functional.interpolate(
+                per_crop[padded.sum().item()][None],
+                size=padded.shape[1:],
+                mode="bilinear",
+                align_corners=False,
+            )[0]
+            total[:, y1:y2, x1:x2] += up[
+                :, ph // 2 : ph // 2 + y2 - y1, pw // 2 : pw // 2 + x2 - x1
+            ]
+            count[y1:y2, x1:x2] += 1
+        assert count.min() >= 1
+        torch.testing.assert_close(result, total / count, rtol=0, atol=1e-6)
+
+
 def test_protocol_size_is_mmseg_keep_ratio():
     assert protocol_size(300, 451, 336) == (336, 505)
     assert protocol_size(100, 4000, 336) == (51, 2048)  # long side capped at 2048

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fbseg.errors import InputError
+from fbseg.pipeline.config import STITCH_BYTES
 
 LONG_SIDE_CAP = 2048
 
@@ -29,16 +31,17 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.round().clamp(0, 255)
 
 
+def window_spans(length: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(start, end) of each window along one side; the last one snapped to the border."""
+    count = max(length - window + stride - 1, 0) // stride + 1
+    ends = [min(k * stride + window, length) for k in range(count)]
+    return [(max(end - window, 0), end) for end in ends]
+
+
 def window_boxes(h: int, w: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """(y1, y2, x1, x2) of each window, row by row; the last one snapped to the border."""
-    rows = max(h - window + stride - 1, 0) // stride + 1
-    cols = max(w - window + stride - 1, 0) // stride + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + window, h), min(c * stride + window, w)
-            boxes.append((max(y2 - window, 0), y2, max(x2 - window, 0), x2))
-    return boxes
+    """(y1, y2, x1, x2) of each window, row by row: every row span with every column span."""
+    columns = window_spans(w, window, stride)
+    return [(y1, y2, x1, x2) for y1, y2 in window_spans(h, window, stride) for x1, x2 in columns]
 
 
 def boxes_for(h: int, w: int, window: int | None, stride: int) -> list[tuple[int, int, int, int]]:
@@ -66,14 +69,17 @@ def slide_many(
     """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
 
     ``window`` None runs each image whole, unpadded (its grid is the floor of its size over
-    the patch). Otherwise each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps crops (B, 3, h, w) to
-    grid logits (B, C, rows, cols), which are upsampled bilinearly to the padded crop, cut,
-    summed over windows and divided by the per-pixel window count. Crops of the same size run
-    together in batches of ``windows_per_forward`` (a number, or a function of the padded crop's
-    height and width), across images: every crop's result depends on that
-    crop alone, so the batching changes nothing but the speed. When a batch runs out of
-    device memory it is halved and retried (``on_shrink`` hears the new size); a single
-    window that does not fit raises ``WindowTooLargeError``.
+    the patch). Otherwise each crop is padded (centred) to ``pad_multiple``; ``crop_fn`` maps
+    crops (B, 3, h, w) to grid logits (B, C, rows, cols), which are upsampled bilinearly to
+    the padded crop, cut, summed over windows and divided by the per-pixel window count.
+    Crops of the same size run together in batches of ``windows_per_forward`` (a number, or a
+    function of the padded crop's height and width), across images: every crop's result
+    depends on that crop alone, so the batching changes nothing but the speed. When a batch
+    runs out of device memory it is halved and retried (``on_shrink`` hears the new size); a
+    single window that does not fit raises ``WindowTooLargeError``.
+
+    Beside a GPU the host only queues work: about one operation per window (its add) plus a
+    few per image and per batch, and one upload of the window counts per call.
     """
     if window is None:
         pad_multiple = 1
@@ -86,7 +92,6 @@ def slide_many(
     for i, (y1, y2, x1, x2) in jobs:
         by_size.setdefault((y2 - y1, x2 - x1), []).append((i, (y1, y2, x1, x2)))
     totals: list[torch.Tensor | None] = [None] * len(images)
-    counts = [img.new_zeros((1, *img.shape[1:]), dtype=torch.float32) for img in images]
     for (ch, cw), group in by_size.items():
         pad = centred_pad(ch, cw, pad_multiple)
         per_forward = (
@@ -117,17 +122,60 @@ def slide_many(
                     on_shrink(per_forward)
                 continue
             start += len(chunk)
-            size = crops.shape[-2:]
-            for j, (i, (y1, y2, x1, x2)) in enumerate(chunk):
-                # one window at a time: C×h×w, not the batch's B×C×h×w, at full resolution
-                crop = F.interpolate(
-                    logits[j : j + 1], size=size, mode="bilinear", align_corners=False
-                )[0]
-                if totals[i] is None:
-                    totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
-                totals[i][:, y1:y2, x1:x2] += crop[:, pad[2] : pad[2] + ch, pad[0] : pad[0] + cw]
-                counts[i][:, y1:y2, x1:x2] += 1
-    return [total.div_(count) for total, count in zip(totals, counts)]  # in place: no copy
+            _add_windows(logits, chunk, crops.shape[-2:], pad, totals, images)
+    if window is None:  # one window per image: nothing overlaps
+        return totals
+    return [
+        total.div_(rows[:, None] * columns[None, :])  # in place: no copy
+        for total, (rows, columns) in zip(totals, _coverage(images, window, stride))
+    ]
+
+
+def _add_windows(
+    logits: torch.Tensor,
+    chunk: list[tuple[int, tuple[int, int, int, int]]],
+    size: torch.Size,
+    pad: tuple[int, int, int, int],
+    totals: list[torch.Tensor | None],
+    images: Sequence[torch.Tensor],
+) -> None:
+    """Upsample each window's grid logits (B, C, rows, cols) bilinearly to its padded crop
+    ``size``, cut the padding and add it into its image's total (C, H, W). Windows are
+    upsampled together up to ``STITCH_BYTES`` of float32 at a time (not the batch's whole
+    B×C×h×w at full resolution)."""
+    per_call = max(1, STITCH_BYTES // (logits.shape[1] * size[0] * size[1] * 4))
+    top, left = pad[2], pad[0]
+    for first in range(0, len(chunk), per_call):
+        upsampled = F.interpolate(
+            logits[first : first + per_call], size=size, mode="bilinear", align_corners=False
+        )
+        for crop, (i, (y1, y2, x1, x2)) in zip(upsampled, chunk[first : first + per_call]):
+            if totals[i] is None:
+                totals[i] = logits.new_zeros((logits.shape[1], *images[i].shape[1:]))
+            # add_ on the view: ``total[...] += crop`` would also copy the sum onto itself
+            totals[i][:, y1:y2, x1:x2].add_(crop[:, top : top + y2 - y1, left : left + x2 - x1])
+
+
+def _coverage(
+    images: Sequence[torch.Tensor], window: int, stride: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each image, how many windows cover each row (H,) and each column (W,), float32 on
+    the images' device. The windows form a grid, so a pixel's count is its row's times its
+    column's. Counted here on the host and sent in one queued copy (from pinned memory
+    beside a GPU) rather than added up on the device window by window."""
+    lengths = [n for img in images for n in img.shape[1:]]
+    counts = np.zeros(sum(lengths), dtype=np.float32)
+    offset = 0
+    for n in lengths:
+        for a, b in window_spans(n, window, stride):
+            counts[offset + a : offset + b] += 1
+        offset += n
+    device = images[0].device
+    host = torch.from_numpy(counts)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    parts = host.to(device, non_blocking=True).split(lengths)
+    return list(zip(parts[0::2], parts[1::2]))
 
 
 class WindowTooLargeError(InputError):
