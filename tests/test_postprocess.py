@@ -89,6 +89,25 @@ def test_summary_from_the_device_equals_one_from_the_arrays(tiny_clip, settings)
     assert result.labels.dtype == np.int64 and result.labels.shape == (90, 130)
 
 
+def test_statistics_of_a_batch_are_each_images_own():
+    """Images of different sizes share one scatter (bins i·K + label): each image's rows
+    still equal a per-class loop over that image alone."""
+    from fbseg.pipeline.postprocess import label_probabilities, statistics_of_images
+
+    g = torch.Generator().manual_seed(4)
+    images = [
+        torch.softmax(torch.randn(4, h, w, generator=g) * 3, 0)
+        for h, w in [(9, 7), (3, 11), (6, 6)]
+    ]
+    labels = [labels_from_probs(p, 0.4) for p in images]
+    labels[1][:] = 2  # an image with one class only
+    parts = [label_probabilities(p, x) for p, x in zip(images, labels)]
+    stats = statistics_of_images(labels, [a for a, _ in parts], [b for _, b in parts]).numpy()
+    assert stats.shape == (3, 3, 4)
+    for p, x, got in zip(images, labels, stats):
+        np.testing.assert_allclose(got, naive_stats(x.numpy(), p.numpy()), rtol=1e-9, atol=1e-12)
+
+
 def test_a_batch_crosses_to_the_host_once(tiny_clip, monkeypatch):
     seg = naclip(tiny_clip)
     calls = []
@@ -101,9 +120,16 @@ def test_a_batch_crosses_to_the_host_once(tiny_clip, monkeypatch):
     monkeypatch.setattr(postprocess, "to_host", spy)
     images = [random_image(70 + 10 * i, 100, seed=i) for i in range(3)]
     results = seg.segment_batch(images, "cat,sofa; couch,floor", compare=True)
-    # labels, statistics and host-only labels of the three images, in one transfer
-    assert calls == [[torch.uint8, torch.float64, torch.uint8] * 3]
+    # one transfer: the labels and host-only labels of the three images as one uint8 tensor,
+    # and their statistics
+    assert calls == [[torch.uint8, torch.float64]]
     assert all(r.baseline_labels.dtype == np.int64 for r in results)
+    for image, result in zip(images, results):  # each image's own, however they crossed
+        alone = seg.segment(image, "cat,sofa; couch,floor", compare=True)
+        np.testing.assert_array_equal(result.labels, alone.labels)
+        np.testing.assert_array_equal(result.baseline_labels, alone.baseline_labels)
+        expected = naive_stats(result.labels, result.probs)
+        np.testing.assert_allclose(result.class_stats, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_probs_are_computed_once_on_first_access():

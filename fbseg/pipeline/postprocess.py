@@ -112,16 +112,36 @@ def class_statistics(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(3, K) float64 on the device, rows as ``SegmentationResult.class_stats``: pixels per
     class, the class's mean probability over its pixels (0 where it has none), its highest
     probability anywhere. Sums are accumulated in float64."""
+    picked, peak = label_probabilities(probs, labels)
+    return statistics_of_images([labels], [picked], [peak])[0]
+
+
+def label_probabilities(
+    probs: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the statistics need of one image's probabilities (K, H, W), so that they can be
+    let go: each pixel's probability of its label (H·W,) and each class's highest (K,)."""
     K = probs.shape[0]
-    flat = labels.reshape(-1)
-    picked = probs.reshape(K, -1).gather(0, flat[None])[0].double()
-    sums = torch.zeros(K, dtype=torch.float64, device=probs.device).scatter_add_(0, flat, picked)
-    counts = label_counts(labels, K).double()
-    stats = torch.empty((3, K), dtype=torch.float64, device=probs.device)
-    stats[STAT_PIXELS] = counts
-    stats[STAT_MEAN] = torch.where(counts > 0, sums / counts.clamp_min(1), 0.0)
-    stats[STAT_MAX] = probs.reshape(K, -1).amax(dim=1).double()
-    return stats
+    picked = probs.reshape(K, -1).gather(0, labels.reshape(1, -1))[0]
+    return picked, probs.reshape(K, -1).amax(dim=1)
+
+
+def statistics_of_images(
+    labels: Sequence[torch.Tensor], picked: Sequence[torch.Tensor], peaks: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """(N, 3, K) float64 ``class_statistics`` of N images from their labels (H, W) and
+    ``label_probabilities``. Image i's pixels count into bins i·K + label, so one scatter
+    serves the whole batch: a few operations per image, not a dozen."""
+    K = peaks[0].shape[0]
+    n = len(labels)
+    bins = torch.cat([x.reshape(-1) + i * K for i, x in enumerate(labels)])
+    sums = torch.zeros(n * K, dtype=torch.float64, device=bins.device)
+    sums.scatter_add_(0, bins, torch.cat(list(picked)).double())
+    counts = torch.zeros(n * K, dtype=torch.int64, device=bins.device)
+    counts = counts.scatter_add_(0, bins, torch.ones_like(bins)).double()
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), 0.0)
+    rows = {STAT_PIXELS: counts, STAT_MEAN: means, STAT_MAX: torch.cat(list(peaks)).double()}
+    return torch.stack([rows[r] for r in sorted(rows)]).view(3, n, K).transpose(0, 1)
 
 
 def compact_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -168,12 +188,14 @@ def probabilities_and_labels(
 
 @dataclass
 class DeviceResult:
-    """One image's outputs still on the device: labels (H, W), class statistics (3, K),
-    host-only labels (H, W) when compared, and how to compute probs (K, H, W) again —
-    from the stitched logits, which are far smaller than the probabilities at full size."""
+    """One image's outputs still on the device: labels (H, W) int64, what the statistics need
+    (``label_probabilities``: picked (H·W,), peak (K,)), host-only labels (H, W) when
+    compared, and how to compute probs (K, H, W) again — from the stitched logits, which are
+    far smaller than the probabilities at full size."""
 
     labels: torch.Tensor
-    stats: torch.Tensor
+    picked: torch.Tensor
+    peak: torch.Tensor
     probs: Callable[[], torch.Tensor]
     baseline_labels: torch.Tensor | None = None
 
@@ -190,15 +212,16 @@ def device_result(
     recompute: Callable[[], torch.Tensor],
     baseline_labels: torch.Tensor | None = None,
 ) -> DeviceResult:
-    """The statistics of ``probs``/``labels`` and compacted labels, queued on the device.
-    On the CPU ``probs`` is kept as it is (it is host memory already) instead of
-    ``recompute``; on an accelerator it is let go and ``recompute`` forms it if asked."""
-    K = probs.shape[0]
+    """What one image's result needs of ``probs``, queued on the device. On the CPU ``probs``
+    is kept as it is (it is host memory already) instead of ``recompute``; on an accelerator
+    it is let go and ``recompute`` forms it if asked."""
+    picked, peak = label_probabilities(probs, labels)
     return DeviceResult(
-        compact_labels(labels, K),
-        class_statistics(probs, labels),
+        labels,
+        picked,
+        peak,
         (lambda: probs) if keeps_probs(probs.device) else recompute,
-        None if baseline_labels is None else compact_labels(baseline_labels, K),
+        baseline_labels,
     )
 
 
@@ -217,26 +240,36 @@ def results_from_device(
     classes: tuple[str, ...],
     names: tuple[tuple[str, ...], ...],
 ) -> list[SegmentationResult]:
-    """``SegmentationResult``s with one wait for the device: labels, statistics and host-only
-    labels of every image cross together; probabilities stay behind until asked for."""
-    tensors: list[torch.Tensor] = []
-    for p in pending:
-        tensors += [p.labels, p.stats] + (
-            [p.baseline_labels] if p.baseline_labels is not None else []
-        )
-    arrays = iter(to_host(tensors))
+    """``SegmentationResult``s with one wait for the device: the statistics of every image
+    (``statistics_of_images``) and all labels and host-only labels, flattened into one
+    tensor of the narrowest integer type (``compact_labels``), cross in two copies;
+    probabilities stay behind until asked for."""
+    if not pending:
+        return []
+    K = pending[0].peak.shape[0]
+    stats = statistics_of_images(
+        [p.labels for p in pending], [p.picked for p in pending], [p.peak for p in pending]
+    )
+    maps = [m for p in pending for m in (p.labels, p.baseline_labels) if m is not None]
+    flat = compact_labels(torch.cat([m.reshape(-1) for m in maps]), K)
+    flat_host, stats_host = to_host([flat, stats])
+    ends = np.cumsum([m.numel() for m in maps])
+    arrays = iter(
+        part.reshape(m.shape).astype(np.int64)
+        for part, m in zip(np.split(flat_host, ends[:-1]), maps)
+    )
     out = []
-    for p in pending:
-        labels, stats = next(arrays), next(arrays)
+    for i, p in enumerate(pending):
+        labels = next(arrays)
         baseline = next(arrays) if p.baseline_labels is not None else None
         out.append(
             SegmentationResult(
-                labels=labels.astype(np.int64),
+                labels=labels,
                 probs=lazy_probs(p.probs),
                 classes=classes,
                 names=names,
-                baseline_labels=None if baseline is None else baseline.astype(np.int64),
-                class_stats=stats,
+                baseline_labels=baseline,
+                class_stats=stats_host[i],
             )
         )
     return out
