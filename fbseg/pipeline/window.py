@@ -173,8 +173,9 @@ def _coverage(
     device = images[0].device
     host = torch.from_numpy(counts)
     if device.type == "cuda":
-        host = host.pin_memory()
-    parts = host.to(device, non_blocking=True).split(lengths)
+        host = host.pin_memory()  # the copy is queued; PyTorch keeps the buffer until it ran
+    # elsewhere a plain copy: ``host`` is let go at once (meta, which holds no data, as CUDA)
+    parts = host.to(device, non_blocking=device.type in ("cuda", "meta")).split(lengths)
     return list(zip(parts[0::2], parts[1::2]))
 
 
