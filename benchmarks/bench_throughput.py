@@ -1,7 +1,8 @@
 """Throughput on the device at hand (GPU or CPU): model-only images/s at several images per
 call, the reference form, `segment_folder` end to end (plain, --overlay, --masks per-class,
---save-probs), peak memory, achieved TFLOP/s from a FLOP count, and the top kernels of a
-profile. One process, one device: compare rows of one run only.
+--save-probs), peak memory, achieved TFLOP/s from a FLOP count, the operations one call
+makes (each a kernel launch beside a GPU), and the top kernels of a profile. One process,
+one device: compare rows of one run only.
 
 Without --checkpoint/--proxy-checkpoint, random ViT-B-16 (QuickGELU, as ViT-B-16/openai) and
 DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks meaningless.
@@ -119,6 +120,30 @@ def flops_per_image(seg, prepared, classes) -> float:
     return float(counter.get_total_flops())
 
 
+def operations_per_call(seg, prepared, classes, per_call: int) -> dict:
+    """The operations one call of ``per_call`` images makes, counted at PyTorch's dispatcher:
+    those that run a kernel (each a launch the host must make beside a GPU) and views.
+    Works for any tree (it only calls ``segment_batch``)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts["views" if func.is_view else "kernels"] += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = Count()
+    with counter:
+        seg.segment_batch(prepared[:per_call], classes)
+    _sync(seg.device)
+    return {"images": min(per_call, len(prepared)), **counter.counts}
+
+
 def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -132,6 +157,19 @@ def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]
     return [{"kernel": e.key[:60], "share": getattr(e, key, 0) / total} for e in events[:n]]
 
 
+def steady_rate(finished: list[float], group: int, wall: float) -> float:
+    """Images per second once the pipeline is full. A group's outcomes are handed out
+    together, just after the next group's model call; so the rate is taken between the
+    first group's hand-out and the last but one's (each right after a model call), over the
+    images in between — not from the first image to the last, which counts a group too many
+    and, with few groups, divides by almost nothing. Too few groups: the whole run's rate."""
+    groups = len(finished) // group
+    if groups < 3:
+        return len(finished) / wall
+    first, last = finished[group - 1], finished[(groups - 1) * group - 1]
+    return (groups - 2) * group / max(last - first, 1e-9)
+
+
 def end_to_end(
     seg,
     folder: Path,
@@ -142,9 +180,9 @@ def end_to_end(
     writer_processes: bool | None = None,
     **outputs,
 ) -> dict:
-    """``segment_folder``'s steady rate: images from the first finished one to the last over
-    that time (after a warm-up run); the fixed cost of a run — starting threads or writer
-    processes, filling the pipeline — is reported apart as the time to the first image. And
+    """``segment_folder``'s steady rate (``steady_rate``, after a warm-up run); the fixed cost
+    of a run — starting threads or writer processes, filling the pipeline — is reported
+    apart as the time to the first image. And
     where the time went: each stage's busy time per image (read = decode in the reader
     threads, model = the caller's ``segment_batch``, write = render + write in the writers,
     as they report it)."""
@@ -202,7 +240,7 @@ def end_to_end(
         del seg.segment_batch
     n = run.done_here
     return {
-        "images_per_s": (n - 1) / max(finished[-1] - finished[0], 1e-9),
+        "images_per_s": steady_rate(finished, per_call or 1, wall),
         "start_s": finished[0] - t0,
         "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
         "model_busy_share": busy["model"] / wall,
@@ -253,6 +291,11 @@ def main() -> None:
         report = measure_all(args, Path(work), DATASETS, default_images_per_call)
     for host, flops in report["flops_per_image"].items():
         print(f"{host}: {flops / 1e12:.3f} TFLOP per image (FlopCounterMode)")
+    for host, ops in report["operations"].items():
+        print(
+            f"{host}: one call of {ops['images']} images makes {ops.get('kernels', 0)} operations "
+            f"that run a kernel and {ops.get('views', 0)} views"
+        )
     for host, kernels in report["kernels"].items():
         print(
             f"top kernels, {host}: "
@@ -298,7 +341,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
     make_folder(folder, args.images)
     folder_x2 = folder if args.model_only else doubled(folder)  # a longer run for DIR rows
     classes = datasets.get("voc21").classes()  # 21 classes, 46 names
-    report: dict = {"rows": [], "kernels": {}, "tree": tree}
+    report: dict = {"rows": [], "kernels": {}, "operations": {}, "tree": tree}
     for host in args.hosts:
         seg = _segmenter(args, host)
         if not report["rows"]:
@@ -333,6 +376,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 },
             )
         report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
+        report["operations"][host] = operations_per_call(seg, prepared, classes, max(args.batches))
         if args.model_only:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
