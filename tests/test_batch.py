@@ -574,3 +574,8 @@ def test_a_folder_run_starts_no_more_writers_than_it_needs(
     )
     assert seen["writers"] == expected
     assert seen["writer_processes"] == (processes and images > 1)
+
+
+def test_an_empty_batch_gives_no_results(tiny_clip):
+    seg = tiny_segmenter(tiny_clip, ["a", "b"])
+    assert seg.segment_batch([], "a,b") == []

@@ -123,6 +123,7 @@ def test_stitching_averages_each_pixel_over_the_windows_that_cover_it(monkeypatc
         )
 
     first = stitch(3)
+    assert window_mod.slide_many([], crop_fn, window=window, stride=24, pad_multiple=14) == []
     monkeypatch.setattr(window_mod, "STITCH_BYTES", 1)  # one window per upsampling
     for other in (stitch(3), stitch(1)):
         assert all(torch.equal(a, b) for a, b in zip(first, other))

@@ -351,6 +351,10 @@ def test_a_refused_gated_download_names_the_licence(tmp_path, monkeypatch):
     assert "hf auth login" in r.output and "Traceback" not in r.output
 
 
+def test_an_empty_batch_gives_no_results(engine):
+    assert engine.segment_batch([], "cat,sofa") == []
+
+
 def test_images_batched_and_names_halved_on_out_of_memory_change_nothing(engine, monkeypatch):
     """Several images encoded together, and name chunks halved when memory runs out, give
     what one image and one chunk at a time give."""

@@ -241,6 +241,8 @@ class Sam3Segmenter:
             raise ConfigError("--compare shows what FSA changes; the sam3 engine has no FSA")
         cfg = (config or self.config).replace(**overrides)
         cl = as_classes(classes)
+        if not images:
+            return []
         t0 = time.perf_counter()
         ready = [im if isinstance(im, Sam3Image) else self.prepare(im) for im in images]
         all_scores = self.name_scores(torch.stack([p.pixel_values for p in ready]), cl.flat_names)

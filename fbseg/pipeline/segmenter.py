@@ -228,6 +228,8 @@ class Segmenter:
         """
         cfg = self.resolve(config, **overrides)
         cl = as_classes(classes)
+        if not images:
+            return []
         t0 = time.perf_counter()
         text = self.encode_text(cl).to(self.dtype)
         prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, cfg) for im in images]

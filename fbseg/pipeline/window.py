@@ -123,7 +123,7 @@ def slide_many(
                 continue
             start += len(chunk)
             _add_windows(logits, chunk, crops.shape[-2:], pad, totals, images)
-    if window is None:  # one window per image: nothing overlaps
+    if window is None or not images:  # one window per image: nothing overlaps
         return totals
     return [
         total.div_(rows[:, None] * columns[None, :])  # in place: no copy
