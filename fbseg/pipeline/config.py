@@ -25,8 +25,10 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 # encoding, file writes) slowed it down through the interpreter lock.
 WRITER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
-# node's cores shared among its ranks), up to this many. An overlay costs about 10 ms of one
-# core for a 600×400 image, so a GPU that segments a few hundred images a second needs several.
+# node's cores shared among its ranks), up to this many. An overlay takes 10–17 ms of one core
+# for a 450×300 to 600×400 image (on the H200 machines measured, a core was about 3× slower),
+# so a GPU that segments a few hundred images a second needs several writers.
+# Each holds about 50 MB (numpy, Pillow and fbseg's output code; no torch).
 MAX_WRITER_PROCESSES = 16
 # Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
 # and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
