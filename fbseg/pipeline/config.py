@@ -26,7 +26,7 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 WRITER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
 # node's cores shared among its ranks), up to this many. An overlay takes 10–17 ms of one core
-# for a 450×300 to 600×400 image (on the H200 machines measured, a core was about 3× slower),
+# for a 450×300 to 600×400 image here (a plain write took about 3× as long on an H200 machine),
 # so a GPU that segments a few hundred images a second needs several writers.
 # Each holds about 50 MB (numpy, Pillow and fbseg's output code; no torch).
 MAX_WRITER_PROCESSES = 16
