@@ -98,9 +98,9 @@ def test_blend_matches_the_formula_per_pixel(opacity):
 
 
 def test_legend_rows_look_as_if_drawn_directly():
-    labels = ["cat", "sofa; couch", "a long class name with spaces", "x"]
+    labels = ["cat", "sofa; couch", "a long class name with spaces", "x", "jug", "Ÿ"]
     colours = palette(len(labels))
-    fractions = [0.0, 0.1234, 1.0, 0.5]
+    fractions = [0.0, 0.1234, 1.0, 0.5, 0.25, 0.0]
     for _ in range(2):  # the second time from the cached text
         panel = legend_panel(labels, colours, fractions, 90)
         size = max(11, min(18, 90 // len(labels) // 2))

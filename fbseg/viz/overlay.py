@@ -42,15 +42,23 @@ def _text_length(text: str, size: int) -> int:
 
 
 @lru_cache(maxsize=2048)
-def _text_mask(text: str, size: int) -> Image.Image:
-    """``text`` rendered once as a coverage mask (mode "L") to paste at the text's origin.
-    Rendering is most of a legend's cost, and a folder run repeats the same rows (every
-    absent class reads "label  0.0%")."""
+def _text_mask(text: str, size: int) -> tuple[Image.Image, int, int]:
+    """``text`` rendered once as a coverage mask (mode "L"), and where its corner lies from
+    the text's origin (a glyph may reach left of or above it). Rendering is most of a
+    legend's cost, and a folder run repeats the same rows (every absent class reads
+    "label  0.0%")."""
     font = _font(size)
-    _, _, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (max(1, int(right)), max(1, int(bottom))), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
-    return mask
+    left, top, right, bottom = (int(v) for v in font.getbbox(text))
+    dx, dy = min(left, 0), min(top, 0)
+    mask = Image.new("L", (max(1, right - dx), max(1, bottom - dy)), 0)
+    ImageDraw.Draw(mask).text((-dx, -dy), text, fill=255, font=font)
+    return mask, dx, dy
+
+
+def _draw_text(panel: Image.Image, xy: tuple[int, int], text: str, size: int) -> None:
+    """Black ``text`` at ``xy``, as ``ImageDraw.text`` draws it, from the cached mask."""
+    mask, dx, dy = _text_mask(text, size)
+    panel.paste((0, 0, 0), (xy[0] + dx, xy[1] + dy), mask)
 
 
 def legend_panel(
@@ -67,7 +75,7 @@ def legend_panel(
         draw.rectangle(
             [8, y, 8 + size, y + size], fill=tuple(int(c) for c in colour), outline=(0, 0, 0)
         )
-        panel.paste((0, 0, 0), (16 + size, y), _text_mask(f"{label}  {100 * frac:.1f}%", size))
+        _draw_text(panel, (16 + size, y), f"{label}  {100 * frac:.1f}%", size)
     return panel
 
 

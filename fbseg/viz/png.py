@@ -3,8 +3,8 @@
 Pillow's encoder tries four of PNG's row filters on every row and keeps the best; for a
 600×400 overlay that choice costs as much as the compression itself. Here every row uses
 the "Up" filter (the byte above), computed in one numpy pass, and zlib level 1: about twice
-as fast as Pillow at level 1, for a file 2–4% larger. Masks keep Pillow's encoder (indexed
-and 1-bit images skip the filter choice anyway, and compress far better with it).
+as fast as Pillow at level 1, for a file 2–4% larger. Masks (one byte or one bit per pixel)
+keep Pillow's encoder.
 """
 
 from __future__ import annotations
