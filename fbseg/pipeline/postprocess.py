@@ -129,12 +129,12 @@ def label_probabilities(
 def statistics_of_images(
     labels: Sequence[torch.Tensor], picked: Sequence[torch.Tensor], peaks: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """(N, 3, K) float64 ``class_statistics`` of N images from their labels (H, W) and
-    ``label_probabilities``. Image i's pixels count into bins i·K + label, so one scatter
-    serves the whole batch: a few operations per image, not a dozen."""
+    """(N, 3, K) float64 ``class_statistics`` of N images from their labels (H, W; any
+    integer type) and ``label_probabilities``. Image i's pixels count into bins i·K + label,
+    so one scatter serves the whole batch: a few operations per image, not a dozen."""
     K = peaks[0].shape[0]
     n = len(labels)
-    bins = torch.cat([x.reshape(-1) + i * K for i, x in enumerate(labels)])
+    bins = torch.cat([x.reshape(-1).long() + i * K for i, x in enumerate(labels)])
     sums = torch.zeros(n * K, dtype=torch.float64, device=bins.device)
     sums.scatter_add_(0, bins, torch.cat(list(picked)).double())
     counts = torch.zeros(n * K, dtype=torch.int64, device=bins.device)
@@ -188,10 +188,11 @@ def probabilities_and_labels(
 
 @dataclass
 class DeviceResult:
-    """One image's outputs still on the device: labels (H, W) int64, what the statistics need
-    (``label_probabilities``: picked (H·W,), peak (K,)), host-only labels (H, W) when
-    compared, and how to compute probs (K, H, W) again — from the stitched logits, which are
-    far smaller than the probabilities at full size."""
+    """One image's outputs still on the device: labels (H, W) in the narrowest integer type
+    (``compact_labels``), what the statistics need (``label_probabilities``: picked (H·W,),
+    peak (K,)), host-only labels (H, W) likewise when compared, and how to compute probs
+    (K, H, W) again — from the stitched logits, which are far smaller than the
+    probabilities at full size."""
 
     labels: torch.Tensor
     picked: torch.Tensor
@@ -215,13 +216,14 @@ def device_result(
     """What one image's result needs of ``probs``, queued on the device. On the CPU ``probs``
     is kept as it is (it is host memory already) instead of ``recompute``; on an accelerator
     it is let go and ``recompute`` forms it if asked."""
+    K = probs.shape[0]
     picked, peak = label_probabilities(probs, labels)
     return DeviceResult(
-        labels,
+        compact_labels(labels, K),  # kept until the call ends: 1 byte per pixel, not 8
         picked,
         peak,
         (lambda: probs) if keeps_probs(probs.device) else recompute,
-        baseline_labels,
+        None if baseline_labels is None else compact_labels(baseline_labels, K),
     )
 
 
@@ -241,17 +243,16 @@ def results_from_device(
     names: tuple[tuple[str, ...], ...],
 ) -> list[SegmentationResult]:
     """``SegmentationResult``s with one wait for the device: the statistics of every image
-    (``statistics_of_images``) and all labels and host-only labels, flattened into one
-    tensor of the narrowest integer type (``compact_labels``), cross in two copies;
-    probabilities stay behind until asked for."""
+    (``statistics_of_images``) and all labels and host-only labels (already in the
+    narrowest integer type), flattened into one tensor, cross in two copies; probabilities
+    stay behind until asked for."""
     if not pending:
         return []
-    K = pending[0].peak.shape[0]
     stats = statistics_of_images(
         [p.labels for p in pending], [p.picked for p in pending], [p.peak for p in pending]
     )
     maps = [m for p in pending for m in (p.labels, p.baseline_labels) if m is not None]
-    flat = compact_labels(torch.cat([m.reshape(-1) for m in maps]), K)
+    flat = torch.cat([m.reshape(-1) for m in maps])
     flat_host, stats_host = to_host([flat, stats])
     ends = np.cumsum([m.numel() for m in maps])
     arrays = iter(
