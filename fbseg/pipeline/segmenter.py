@@ -243,7 +243,7 @@ class Segmenter:
         def crop_fn(crops: torch.Tensor) -> torch.Tensor:
             return crop_logits(
                 self.crop_model,
-                crops,
+                crops.to(self.dtype),  # one cast per window batch, not one per image
                 text,
                 feedback=cfg.feedback,
                 lam=lam_value,
@@ -253,7 +253,7 @@ class Segmenter:
 
         images_on_device = [self.model_input(p) for p in prepared]
         stitched = slide_many(
-            [t.to(self.dtype) for t in images_on_device],
+            images_on_device,
             crop_fn,
             window=cfg.window,
             stride=cfg.stride,
