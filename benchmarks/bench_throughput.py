@@ -134,14 +134,27 @@ def operations_per_call(seg, prepared, classes, per_call: int) -> dict:
             self.counts: Counter = Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.counts["views" if func.is_view else "kernels"] += 1
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            self.counts["views" if _is_view(func, args, out) else "kernels"] += 1
+            return out
 
     counter = Count()
     with counter:
         seg.segment_batch(prepared[:per_call], classes)
     _sync(seg.device)
     return {"images": min(per_call, len(prepared)), **counter.counts}
+
+
+def _is_view(func, args, out) -> bool:
+    """Whether an operation only made a view: a view op (``to`` with nothing to convert
+    included) whose output shares its input's memory. ``to`` that converts is a kernel."""
+    if not (func.is_view and isinstance(out, torch.Tensor) and args):
+        return False
+    first = args[0]
+    return (
+        isinstance(first, torch.Tensor)
+        and out.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+    )
 
 
 def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]:
