@@ -54,8 +54,9 @@ def class_maximum(per_name: torch.Tensor, name_to_class: Sequence[int]) -> torch
     out = per_name.new_empty((K, *per_name.shape[1:]))
     for classes, names in _classes_by_name_count(tuple(name_to_class)):
         rows = per_name.index_select(0, _index(names, per_name.device))
-        rows = rows.unflatten(0, (len(classes), -1))  # (classes, names each, H, W)
-        out.index_copy_(0, _index(classes, per_name.device), rows.amax(dim=1))
+        if len(names) > len(classes):  # several names each: their maximum
+            rows = rows.unflatten(0, (len(classes), -1)).amax(dim=1)  # (classes, names, H, W)
+        out.index_copy_(0, _index(classes, per_name.device), rows)
     return out
 
 
