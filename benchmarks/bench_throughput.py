@@ -195,10 +195,9 @@ def end_to_end(
 ) -> dict:
     """``segment_folder``'s steady rate (``steady_rate``, after a warm-up run); the fixed cost
     of a run — starting threads or writer processes, filling the pipeline — is reported
-    apart as the time to the first image. And
-    where the time went: each stage's busy time per image (read = decode in the reader
-    threads, model = the caller's ``segment_batch``, write = render + write in the writers,
-    as they report it)."""
+    apart as the time to the first image. And where the time went: each stage's busy time
+    per image (read = decode in the reader threads, model = the caller's ``segment_batch``,
+    write = render + write in the writers, as they report it)."""
     from fbseg.runs import stream
     from fbseg.runs.folder import segment_folder
     from fbseg.runs.outputs import OutputOptions
@@ -287,7 +286,11 @@ def main() -> None:
     ap.add_argument("--windows", type=int, nargs="*", default=[], help="other window batches")
     ap.add_argument("--groups", type=int, nargs="*", default=[], help="other DIR --batch values")
     ap.add_argument(
-        "--io-threads", type=int, nargs="*", default=[], help="other DIR reader/writer threads"
+        "--io-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="other DIR reader threads (and writer threads where writers are threads)",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -397,7 +400,9 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         from fbseg.pipeline.device import default_writer_process_count, default_writer_processes
 
         processes = default_writer_processes(device)
-        writers = f", {default_writer_process_count(device)} writer processes" if processes else ""
+        writer_note = (
+            f", {default_writer_process_count(device)} writer processes" if processes else ""
+        )
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),
@@ -421,7 +426,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 report,
                 {
                     "host": host,
-                    "what": f"{label} (group {default_group}{writers})",
+                    "what": f"{label} (group {default_group}{writer_note})",
                     **r,
                     "of_model": r["images_per_s"] / best,
                 },
@@ -431,7 +436,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         others += [(default_group, t, None) for t in args.io_threads]
         if processes:  # the same with writer threads
             others += [(default_group, None, False)]
-        for group, threads, writers in others:
+        for group, threads, in_processes in others:
             r = end_to_end(
                 seg,
                 folder_x2,
@@ -439,11 +444,11 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 tmp / "out",
                 group,
                 io_threads=threads,
-                writer_processes=writers,
+                writer_processes=in_processes,
             )
             what = f"segment DIR (group {group}"
             what += f", {threads} I/O threads" if threads else ""
-            what += ", writer threads)" if writers is False else ")"
+            what += ", writer threads)" if in_processes is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         del seg
         if not args.no_reference:

@@ -14,8 +14,9 @@ from enum import Enum
 from fbseg.errors import ConfigError
 
 # By device type (others as "cpu"): images whose windows share one model batch (--batch), and
-# decoder threads (and writer threads, where writers are threads). A GPU needs several images per call and threads to feed
-# it; on a CPU the model already uses every core. On an H200, `segment DIR` ran fastest at 16
+# decoder threads (and writer threads, where writers are threads). A GPU needs several images
+# per call and threads to feed it; on a CPU the model already uses every core. On an H200,
+# `segment DIR` ran fastest at 16
 # images per call of the 1, 4 and 16 tried (NACLIP 172 images/s against 145 at 4 and 99 at 1;
 # ProxyCLIP 86 against 79 and 65: benchmarks/bench_throughput.py --groups).
 IMAGES_PER_CALL = {"cpu": 1, "cuda": 16}

@@ -138,8 +138,7 @@ def statistics_of_images(
     bins = torch.cat([x.reshape(-1).long() + i * K for i, x in enumerate(labels)])
     sums = torch.zeros(n * K, dtype=torch.float64, device=bins.device)
     sums.scatter_add_(0, bins, torch.cat(list(picked)).double())
-    counts = torch.zeros(n * K, dtype=torch.int64, device=bins.device)
-    counts = counts.scatter_add_(0, bins, torch.ones_like(bins)).double()
+    counts = label_counts(bins, n * K).double()
     means = torch.where(counts > 0, sums / counts.clamp_min(1), 0.0)
     rows = {STAT_PIXELS: counts, STAT_MEAN: means, STAT_MAX: torch.cat(list(peaks)).double()}
     return torch.stack([rows[r] for r in sorted(rows)]).view(3, n, K).transpose(0, 1)
