@@ -191,6 +191,7 @@ def end_to_end(
     per_call: int,
     io_threads: int | None = None,
     writer_processes: bool | None = None,
+    reader_processes: bool | None = None,
     **outputs,
 ) -> dict:
     """``segment_folder``'s steady rate (``steady_rate``, after a warm-up run); the fixed cost
@@ -208,9 +209,12 @@ def end_to_end(
         run_args["io_threads"] = io_threads
     if writer_processes is not None:
         run_args["writer_processes"] = writer_processes
+    if reader_processes is not None:
+        run_args["reader_processes"] = reader_processes
     segment_folder(seg, [str(folder)], classes, opts, **run_args)  # warm-up run
     _sync(seg.device)
     busy = {"read": 0.0, "model": 0.0, "write": 0.0}
+    model_calls: list[tuple[float, float]] = []
 
     def timed(stage: str, fn):
         def run(*args, **kwargs):
@@ -219,6 +223,8 @@ def end_to_end(
                 return fn(*args, **kwargs)
             finally:
                 busy[stage] += time.perf_counter() - t0
+                if stage == "model":
+                    model_calls.append((t0, time.perf_counter()))
 
         return run
 
@@ -255,8 +261,20 @@ def end_to_end(
         "images_per_s": steady_rate(finished, per_call or 1, wall),
         "start_s": finished[0] - t0,
         "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
-        "model_busy_share": busy["model"] / wall,
+        "model_busy_share": steady_share(model_calls, finished, per_call or 1),
     }
+
+
+def steady_share(calls: list[tuple[float, float]], finished: list[float], group: int) -> float:
+    """The share of ``steady_rate``'s stretch that the model's calls took (their overlap with
+    it); the whole run's where that rate is the whole run's."""
+    groups = len(finished) // group
+    if groups < 3:
+        first, last = calls[0][0], finished[-1]
+    else:
+        first, last = finished[group - 1], finished[(groups - 1) * group - 1]
+    inside = sum(max(0.0, min(b, last) - max(a, first)) for a, b in calls)
+    return inside / max(last - first, 1e-9)
 
 
 def doubled(folder: Path) -> Path:
@@ -336,7 +354,7 @@ def print_row(r: dict) -> None:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_per_image"].items())
         print(
             f"{'':<10}   busy ms/image: {stages}; model busy {100 * r['model_busy_share']:.0f}% "
-            f"of the run; start {r['start_s']:.2f} s",
+            f"of the steady stretch; start {r['start_s']:.2f} s",
             flush=True,
         )
 
@@ -397,12 +415,20 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
         default_group = default_images_per_call(device) if default_images_per_call else None
-        from fbseg.pipeline.device import default_writer_process_count, default_writer_processes
+        from fbseg.pipeline.device import (
+            default_io_threads,
+            default_reader_processes,
+            default_writer_process_count,
+            default_writer_processes,
+        )
 
         processes = default_writer_processes(device)
+        readers_apart = default_reader_processes(device)
         writer_note = (
             f", {default_writer_process_count(device)} writer processes" if processes else ""
         )
+        if readers_apart:
+            writer_note += f", {default_io_threads(device)} reader processes"
         for label, outputs in (
             ("segment DIR", {}),
             ("segment DIR --overlay", {"overlay": True}),
@@ -432,11 +458,13 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 },
             )
         # the defaults against other settings: is the default group the fastest tried?
-        others = [(g, None, None) for g in args.groups if g != default_group]
-        others += [(default_group, t, None) for t in args.io_threads]
+        others = [(g, None, None, None) for g in args.groups if g != default_group]
+        others += [(default_group, t, None, None) for t in args.io_threads]
+        if readers_apart:  # the same with decoding in the reader threads
+            others += [(default_group, None, None, False)]
         if processes:  # the same with writer threads
-            others += [(default_group, None, False)]
-        for group, threads, in_processes in others:
+            others += [(default_group, None, False, None)]
+        for group, threads, write_apart, read_apart in others:
             r = end_to_end(
                 seg,
                 folder_x2,
@@ -444,11 +472,13 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 tmp / "out",
                 group,
                 io_threads=threads,
-                writer_processes=in_processes,
+                writer_processes=write_apart,
+                reader_processes=read_apart,
             )
             what = f"segment DIR (group {group}"
-            what += f", {threads} I/O threads" if threads else ""
-            what += ", writer threads)" if in_processes is False else ")"
+            what += f", {threads} readers" if threads else ""
+            what += ", decoding in threads" if read_apart is False else ""
+            what += ", writer threads)" if write_apart is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         del seg
         if not args.no_reference:

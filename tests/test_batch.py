@@ -508,6 +508,71 @@ def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
     assert (tmp_path / "out" / "im4.mask.png").exists()  # a new writer took the rest
 
 
+def test_reader_processes_decode_what_reader_threads_decode(tmp_path):
+    """Beside a GPU images are decoded in worker processes: the same pixels reach the model,
+    in order, every bad file fails alone with the same one-line reason, and stdin (open in
+    this process only) is read here."""
+    good = bad_folder(tmp_path / "in")
+    items = collect_inputs([str(tmp_path / "in"), "-"]).items
+    stdin_bytes = (ASSETS / "cat.jpg").read_bytes()
+    seen: dict[bool, list] = {}
+    outcomes: dict[bool, list] = {}
+    for processes in (False, True):
+        seen[processes] = []
+
+        def segment_batch(payloads, log=seen[processes]):
+            log.extend(p.copy() for p in payloads)
+            return [_fake_result(p) for p in payloads]
+
+        outcomes[processes] = [
+            (o.item.display, o.status, o.reason)
+            for o in stream_items(
+                items,
+                segment_batch,
+                OutputOptions(out_dir=tmp_path / f"out-{processes}"),
+                stdin_reader=lambda: stdin_bytes,
+                images_per_group=2,
+                io_threads=2,
+                writer_processes=processes,
+                reader_processes=processes,
+            )
+        ]
+    assert outcomes[True] == outcomes[False]
+    statuses = [status for _, status, _ in outcomes[True]]
+    assert statuses.count(ItemStatus.DONE) == len(good) + 1  # the folder's good files, stdin
+    assert statuses.count(ItemStatus.FAILED) == 3  # empty, not an image, truncated
+    assert len(seen[True]) == len(seen[False]) == len(good) + 1
+    for a, b in zip(seen[True], seen[False]):
+        np.testing.assert_array_equal(a, b)
+    cat = np.asarray(Image.open(ASSETS / "cat.jpg").convert("RGB"))
+    np.testing.assert_array_equal(seen[True][-1], cat)
+
+
+def test_a_reader_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path):
+    from fbseg.runs.inputs import InputItem
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(random_image(10, 12, seed=i)).save(src / f"im{i}.png")
+    items = collect_inputs([str(src)]).items
+    crash = InputItem(_EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
+    outcomes = list(
+        stream_items(
+            [*items[:2], crash, *items[2:]],
+            lambda payloads: [_fake_result(p) for p in payloads],
+            OutputOptions(out_dir=tmp_path / "out"),
+            images_per_group=2,
+            io_threads=1,
+            reader_processes=True,
+        )
+    )
+    statuses = [o.status for o in outcomes]
+    assert statuses == [ItemStatus.DONE] * 2 + [ItemStatus.FAILED] + [ItemStatus.DONE] * 2
+    assert outcomes[2].reason.startswith("crash.png: not read: a reader process ended")
+    assert (tmp_path / "out" / "im3.mask.png").exists()  # a new reader took the rest
+
+
 @pytest.mark.parametrize(
     ("device", "cores", "ranks", "expected"),
     [
@@ -574,6 +639,40 @@ def test_a_folder_run_starts_no_more_writers_than_it_needs(
     )
     assert seen["writers"] == expected
     assert seen["writer_processes"] == (processes and images > 1)
+    assert seen["reader_processes"] is False  # the CPU's default
+
+
+@pytest.mark.parametrize(
+    ("images", "asked", "expected"), [(3, None, True), (1, None, False), (3, False, False)]
+)
+def test_a_folder_run_decodes_in_processes_by_device(
+    tmp_path, tiny_clip, monkeypatch, images, asked, expected
+):
+    """``READER_PROCESSES`` (as beside a GPU here) unless the caller says otherwise; a single
+    image starts no process."""
+    from fbseg.pipeline import device as device_mod
+
+    monkeypatch.setitem(device_mod.READER_PROCESSES, "cpu", True)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(images):
+        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
+    seen = {}
+
+    def spy(items, *args, **kwargs):
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(folder_run, "stream_items", spy)
+    seg = tiny_segmenter(tiny_clip, ["a", "b"])
+    folder_run.segment_folder(
+        seg,
+        [str(src)],
+        parse_classes("a,b"),
+        OutputOptions(out_dir=tmp_path / "out"),
+        reader_processes=asked,
+    )
+    assert seen["reader_processes"] is expected
 
 
 def test_an_empty_batch_gives_no_results(tiny_clip):

@@ -1,4 +1,4 @@
-"""Worker processes behind the Executor interface (the writers of a run beside a GPU)."""
+"""Worker processes behind the Executor interface (the readers and writers of a run beside a GPU)."""
 
 import os
 import subprocess
@@ -73,3 +73,30 @@ def test_a_script_without_a_main_guard_can_use_it(tmp_path):
     )
     assert out.stdout.strip() == "9"
     assert marker.read_text() == "ran\n"  # the script ran once: in the parent alone
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are set on Linux")
+def test_a_decoded_photo_crosses_a_widened_pipe_whole():
+    """Each pipe holds ``PIPE_BYTES`` where the system allows it (a 600×400 photo crosses in
+    one read, not one per 64 KB), and large arrays come back intact."""
+    import fcntl
+
+    import numpy as np
+
+    from fbseg.runs import worker_pool
+
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        if int(f.read()) < worker_pool.PIPE_BYTES:
+            pytest.skip("this system caps pipes below PIPE_BYTES")
+    pool = WorkerPool(1)
+    try:
+        rng = np.random.default_rng(0)
+        photo = rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)
+        back = pool.submit(np.flip, photo, 0).result(timeout=30)
+        np.testing.assert_array_equal(back, photo[::-1])
+        worker = pool._workers[0]
+        for pipe in (worker.stdin, worker.stdout):
+            size = fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ)
+            assert size >= worker_pool.PIPE_BYTES
+    finally:
+        pool.shutdown()

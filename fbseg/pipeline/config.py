@@ -25,6 +25,10 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 # the thread that drives the model is busy launching kernels, and writer threads (PNG
 # encoding, file writes) slowed it down through the interpreter lock.
 WRITER_PROCESSES = {"cpu": False, "cuda": True}
+# Whether a folder run decodes images in processes (one per decoder thread, which then only
+# copies the pixels into pinned memory), by device type, for the same reason: beside a GPU,
+# decoder threads contend for the interpreter lock with the thread that launches kernels.
+READER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
 # node's cores shared among its ranks), up to this many. An overlay takes 10–17 ms of one core
 # for a 450×300 to 600×400 image here (a plain write took about 3× as long on an H200 machine),

@@ -13,6 +13,7 @@ from fbseg.pipeline.config import (
     IMAGES_PER_CALL,
     IO_THREADS,
     MAX_WRITER_PROCESSES,
+    READER_PROCESSES,
     WRITER_PROCESSES,
 )
 
@@ -50,6 +51,11 @@ def usable_cores() -> int:
 def default_writer_processes(device: torch.device) -> bool:
     """Whether a folder run writes through processes beside this device (``WRITER_PROCESSES``)."""
     return WRITER_PROCESSES.get(device.type, WRITER_PROCESSES["cpu"])
+
+
+def default_reader_processes(device: torch.device) -> bool:
+    """Whether a folder run decodes through processes beside this device (``READER_PROCESSES``)."""
+    return READER_PROCESSES.get(device.type, READER_PROCESSES["cpu"])
 
 
 def resolve_device(device: str) -> torch.device:

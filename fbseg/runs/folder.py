@@ -13,6 +13,7 @@ from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.device import (
     default_images_per_call,
     default_io_threads,
+    default_reader_processes,
     default_writer_process_count,
     default_writer_processes,
 )
@@ -84,6 +85,7 @@ def segment_folder(
     io_threads: int | None = None,
     writers: int | None = None,
     writer_processes: bool | None = None,
+    reader_processes: bool | None = None,
     stdin_reader: Callable[[], bytes] | None = None,
     dist: distributed.Dist | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -98,10 +100,12 @@ def segment_folder(
     ``summary.json``. Under torchrun each rank takes its own share and rank 0 merges the
     summary. Ctrl-C finishes the writes in flight and returns with ``interrupted`` set.
     ``images_per_group`` images share one model batch, beside ``io_threads`` reader threads
-    and ``writers`` writers: threads, or worker processes with ``writer_processes`` (beside a
-    GPU the thread that drives the model then shares the interpreter lock with the readers
-    alone). Defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``, ``WRITER_PROCESSES``,
-    and as writers ``io_threads`` threads or ``default_writer_process_count`` processes.
+    and ``writers`` writers: threads, or worker processes with ``writer_processes``; with
+    ``reader_processes`` the images are decoded in one worker process per reader thread
+    (beside a GPU the thread that drives the model then barely shares the interpreter lock).
+    Defaults by device: ``IMAGES_PER_CALL``, ``IO_THREADS``, ``WRITER_PROCESSES``,
+    ``READER_PROCESSES``, and as writers ``io_threads`` threads or
+    ``default_writer_process_count`` processes. A single image starts no process.
     """
     cfg = config or engine.config
     check_run(options, cfg)
@@ -125,6 +129,9 @@ def segment_folder(
     processes = (
         default_writer_processes(engine.device) if writer_processes is None else writer_processes
     ) and len(items) > 1  # no process to start for one image
+    decode_in_processes = (
+        default_reader_processes(engine.device) if reader_processes is None else reader_processes
+    ) and len(items) > 1
     readers = io_threads or default_io_threads(engine.device)
     if not writers:
         writers = default_writer_process_count(engine.device) if processes else readers
@@ -138,6 +145,7 @@ def segment_folder(
         io_threads=readers,
         writers=max(1, min(writers, len(items))),  # no idle writer process for a short run
         writer_processes=processes,
+        reader_processes=decode_in_processes,
     )
     while True:
         try:

@@ -62,11 +62,22 @@ class _Loaded:
 _END = object()
 
 
+def _decode(
+    item: InputItem, stdin_reader: Callable[[], bytes] | None, readers: Executor | None
+) -> np.ndarray:
+    """An item's pixels, (H, W, 3) uint8: decoded by a reader process where the run has them
+    (stdin is read here, where it is open), else in this thread."""
+    if readers is None or item.path is None:
+        return read_input(item, stdin_reader)
+    return readers.submit(read_input, item).result()
+
+
 def _load(
     item: InputItem,
     opts: OutputOptions,
     prepare: Callable[[np.ndarray], object],
     stdin_reader: Callable[[], bytes] | None,
+    readers: Executor | None = None,
 ) -> _Loaded:
     """One item decoded and prepared, or already decided (outputs exist, unreadable)."""
     paths = output_paths(item, opts)
@@ -77,10 +88,12 @@ def _load(
         )
         return entry
     try:
-        entry.rgb = read_input(item, stdin_reader)
+        entry.rgb = _decode(item, stdin_reader, readers)
         entry.payload = prepare(entry.rgb)
     except InputError as exc:
         entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
+    except WorkerDied as exc:  # that image fails; a new reader takes the next ones
+        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: not read: {exc}")
     except Exception as exc:  # never let one file stop the run
         entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})")
     return entry
@@ -153,7 +166,7 @@ def _writers(count: int, processes: bool) -> Executor:
     encoding and file writing off the interpreter lock that the thread driving the model
     needs."""
     if processes:
-        return WorkerPool(count)
+        return WorkerPool(count, role="writer")
     return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fbseg-write")
 
 
@@ -203,11 +216,13 @@ def stream_items(
     io_threads: int = 1,
     writers: int | None = None,
     writer_processes: bool = False,
+    reader_processes: bool = False,
 ) -> Iterator[ItemOutcome]:
     """Segment and write each item, in order; a bad item is reported and the run goes on.
 
     Three stages overlap: ``io_threads`` decoder threads read and ``prepare`` items ahead
-    (in order; at least ``prefetch``, and the whole next group while the model runs one),
+    (in order; at least ``prefetch``, and the whole next group while the model runs one;
+    ``reader_processes``: worker processes decode, and the threads only run ``prepare``),
     the caller's thread runs ``segment_batch`` on groups of ``images_per_group`` prepared
     images, and ``writers`` (default ``io_threads``) writer threads render and write outputs
     (``writer_processes``: worker processes instead). An item whose outputs all exist is
@@ -218,9 +233,10 @@ def stream_items(
     loaded: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
     decoders = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-read")
+    readers = WorkerPool(io_threads, role="reader") if reader_processes else None
 
     def load(item: InputItem) -> _Loaded:
-        return _load(item, opts, prepare, stdin_reader)
+        return _load(item, opts, prepare, stdin_reader, readers)
 
     reader = threading.Thread(
         target=_reader, daemon=True, args=(items, load, decoders, loaded, stop)
@@ -261,6 +277,8 @@ def stream_items(
     finally:
         stop.set()
         decoders.shutdown(wait=False, cancel_futures=True)
+        if readers is not None:
+            readers.shutdown(wait=False, cancel_futures=True)
         writer.shutdown(wait=True)
     if interrupted:
         for entry in in_flight:

@@ -1,4 +1,4 @@
-"""Worker processes for a run's writers: started as ``python -m fbseg.runs.worker_pool``, fed
+"""Worker processes for a run's readers and writers: started as ``python -m fbseg.runs.worker_pool``, fed
 pickled calls over a pipe.
 
 Unlike ``multiprocessing``'s spawned workers these never import the parent's main module:
@@ -30,10 +30,11 @@ class WorkerPool(Executor):
     Calls must be picklable: module-level functions and plain data. A call that raises gives
     its Future that exception; a worker that dies fails the call it held with ``WorkerDied``
     and is replaced. Workers ignore Ctrl-C: what they were given is finished, and
-    ``shutdown`` waits for it.
+    ``shutdown`` waits for it. ``role`` names the workers in that exception's message.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, role: str = "worker") -> None:
+        self._role = role
         self._calls: queue.Queue = queue.Queue()
         self._workers = [_start_worker() for _ in range(count)]
         self._feeders = [
@@ -86,7 +87,9 @@ class WorkerPool(Executor):
                     worker.stdin.flush()
                     ok, value = pickle.load(worker.stdout)
                 except (EOFError, OSError, pickle.UnpicklingError) as exc:
-                    future.set_exception(WorkerDied(f"a writer process ended unexpectedly ({exc})"))
+                    future.set_exception(
+                        WorkerDied(f"a {self._role} process ended unexpectedly ({exc})")
+                    )
                     _stop(worker)
                     self._workers[index] = _start_worker()
                     continue
@@ -115,6 +118,22 @@ def _stop(worker: subprocess.Popen) -> None:
     worker.wait()
 
 
+# Bytes each pipe to and from a worker holds where the system lets a process set it (Linux):
+# a decoded photo or a result crosses in one or two reads instead of one per 64 KB, each of
+# which hands the interpreter lock to the thread that drives the model and back.
+PIPE_BYTES = 2**20
+
+
+def _widen(pipe: BinaryIO) -> None:
+    """Ask for ``PIPE_BYTES`` of pipe buffer; keep the system's size where that is refused."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def _start_worker() -> subprocess.Popen:
     """One worker, told the parent's import path first (so it imports the same fbseg)."""
     worker = subprocess.Popen(
@@ -122,6 +141,8 @@ def _start_worker() -> subprocess.Popen:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
+    _widen(worker.stdin)
+    _widen(worker.stdout)
     pickle.dump(list(sys.path), worker.stdin, pickle.HIGHEST_PROTOCOL)
     worker.stdin.flush()
     return worker
