@@ -78,17 +78,59 @@ def _segmenter(args, host: str, reference: bool = False):
     return seg
 
 
+class WaitClock:
+    """Time the host spends waiting for the device in ``to_host`` (the one wait of a call,
+    in trees that have it): a call's time less this is the host's own work (launches,
+    Python), which other threads of the process can slow down through the interpreter lock."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._module = None
+
+    def __enter__(self) -> WaitClock:
+        try:
+            from fbseg.pipeline import postprocess
+        except ImportError:  # an older tree
+            return self
+        if not hasattr(postprocess, "to_host"):
+            return self
+        self._module, self._original = postprocess, postprocess.to_host
+
+        def timed(tensors):
+            t0 = time.perf_counter()
+            try:
+                return self._original(tensors)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        postprocess.to_host = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._module is not None:
+            self._module.to_host = self._original
+
+
 def model_only(seg, prepared, classes, per_call: int) -> dict:
-    """Images/s of segment_batch on prepared images, per_call images per call (warm)."""
-    seg.segment_batch(prepared[:per_call], classes)  # warm-up: kernels, caches, text
+    """Images/s of segment_batch on prepared images, per_call images per call, warm: the
+    same calls are made once untimed first (a new window-batch shape costs a GPU library
+    its plan once, which a long run pays once), then timed."""
+    for start in range(0, len(prepared), per_call):  # warm-up: shapes, kernels, caches, text
+        seg.segment_batch(prepared[start : start + per_call], classes)
     _sync(seg.device)
     _reset_peak(seg.device)
     t0 = time.perf_counter()
-    for start in range(0, len(prepared), per_call):
-        seg.segment_batch(prepared[start : start + per_call], classes)
-    _sync(seg.device)
+    with WaitClock() as wait:
+        for start in range(0, len(prepared), per_call):
+            seg.segment_batch(prepared[start : start + per_call], classes)
+        _sync(seg.device)
     seconds = time.perf_counter() - t0
-    out = {"images_per_s": len(prepared) / seconds, "peak_mb": _peak_mb(seg.device)}
+    out = {
+        "images_per_s": len(prepared) / seconds,
+        "peak_mb": _peak_mb(seg.device),
+        "host_ms_per_image": 1000 * (seconds - wait.seconds) / len(prepared),
+        "wait_ms_per_image": 1000 * wait.seconds / len(prepared),
+    }
     if seg.device.type == "cuda":
         out["host_waits"] = host_waits(seg, prepared[:per_call], classes)
     return out
@@ -157,17 +199,27 @@ def _is_view(func, args, out) -> bool:
     )
 
 
-def top_kernels(seg, prepared, classes, per_call: int, n: int = 8) -> list[dict]:
+def top_kernels(seg, prepared, classes, per_call: int, n: int = 12) -> list[dict]:
+    """The kernels that took most of one call's device time (their own time, so a GEMM is
+    counted once, not again under ``aten::linear``): name, share, milliseconds, launches."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if seg.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         seg.segment_batch(prepared[:per_call], classes)
         _sync(seg.device)
-    key = "device_time_total" if seg.device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if seg.device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key, 0) for e in events) or 1
-    return [{"kernel": e.key[:60], "share": getattr(e, key, 0) / total} for e in events[:n]]
+    return [
+        {
+            "kernel": e.key[:90],
+            "share": getattr(e, key, 0) / total,
+            "ms": getattr(e, key, 0) / 1000,
+            "count": e.count,
+        }
+        for e in events[:n]
+    ]
 
 
 def steady_rate(finished: list[float], group: int, wall: float) -> float:
@@ -243,14 +295,15 @@ def end_to_end(
             setattr(stream, name, fn)
         seg.segment_batch = timed("model", segment_batch)
         t0 = time.perf_counter()
-        run = segment_folder(
-            seg,
-            [str(folder)],
-            classes,
-            opts,
-            on_outcome=lambda _: finished.append(time.perf_counter()),
-            **run_args,
-        )
+        with WaitClock() as wait:
+            run = segment_folder(
+                seg,
+                [str(folder)],
+                classes,
+                opts,
+                on_outcome=lambda _: finished.append(time.perf_counter()),
+                **run_args,
+            )
         wall = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
@@ -262,6 +315,7 @@ def end_to_end(
         "start_s": finished[0] - t0,
         "stage_ms_per_image": {k: 1000 * v / n for k, v in busy.items()},
         "model_busy_share": steady_share(model_calls, finished, per_call or 1),
+        "wait_ms_per_image": 1000 * wait.seconds / n,
     }
 
 
@@ -331,10 +385,9 @@ def main() -> None:
             f"that run a kernel and {ops.get('views', 0)} views"
         )
     for host, kernels in report["kernels"].items():
-        print(
-            f"top kernels, {host}: "
-            + "; ".join(f"{k['kernel']} {100 * k['share']:.0f}%" for k in kernels[:5])
-        )
+        print(f"top kernels of one call, {host} (own device time):")
+        for k in kernels:
+            print(f"  {100 * k['share']:5.1f}% {k['ms']:8.2f} ms {k['count']:6d}×  {k['kernel']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
@@ -351,10 +404,19 @@ def print_row(r: dict) -> None:
         flush=True,
     )
     if "stage_ms_per_image" in r:
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_per_image"].items())
+        stages = ", ".join(
+            f"{k} {v:.1f}" + (f" (waiting {r['wait_ms_per_image']:.1f})" if k == "model" else "")
+            for k, v in r["stage_ms_per_image"].items()
+        )
         print(
             f"{'':<10}   busy ms/image: {stages}; model busy {100 * r['model_busy_share']:.0f}% "
             f"of the steady stretch; start {r['start_s']:.2f} s",
+            flush=True,
+        )
+    elif "host_ms_per_image" in r:
+        print(
+            f"{'':<10}   ms/image: the host's own work {r['host_ms_per_image']:.1f}, "
+            f"waiting for the device {r['wait_ms_per_image']:.1f}",
             flush=True,
         )
 
