@@ -26,10 +26,16 @@ def feedback_distribution(s_host: torch.Tensor, s_uni: torch.Tensor) -> torch.Te
     return torch.softmax(s_host - s_uni, dim=-1)
 
 
-# Rows of A_fb computed together: as many as keep one chunk's fp32 temporaries at about this
-# many elements (one pass for the usual windows; a large grid, such as a SAM proxy's 64×64,
-# goes in chunks), never fewer than MIN_ROWS.
-CHUNK_ELEMENTS = 2**22
+# Rows of an (B, N, N) row-wise computation (A_fb, a proxy's attention) done together: as
+# many as keep one chunk's fp32 temporaries (about seven arrays of the chunk's size) at about
+# this many elements, by device type (others as "cpu"); never fewer than MIN_ROWS. On a CPU
+# 2^22 (about 110 MB of temporaries). Beside a GPU each chunk costs some 20 kernel launches,
+# and the host launching them is what limits ProxyCLIP there (an H100 waited 0.6 ms per image
+# for the GPU, the host worked 8.7): 2^24 takes a forward of eight DINO B/8 windows
+# (8 × 1764²) in two chunks instead of six, 416 launches instead of 520 (counted on the meta
+# device). It raises the tensor peak of a SAM proxy's image (3 × 4096²) from 0.61 to 0.89 GB
+# in fp32 on the CPU; 2^25 would take it to 1.27 GB (benchmarks/bench_memory.py).
+CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**24}
 MIN_ROWS = 64
 
 
@@ -68,9 +74,12 @@ def attention_from_affinity(S: torch.Tensor, lam: float, p: float = NUCLEUS_P) -
     return torch.softmax(weights, dim=-1)
 
 
-def rows_per_chunk(batch: int, n: int) -> int:
-    """Rows of an (batch, n, n) row-wise computation done at once (see ``CHUNK_ELEMENTS``)."""
-    return min(n, max(MIN_ROWS, CHUNK_ELEMENTS // max(1, batch * n)))
+def rows_per_chunk(batch: int, n: int, device: torch.device | None = None) -> int:
+    """Rows of an (batch, n, n) row-wise computation done at once on ``device`` (default the
+    CPU's budget; see ``CHUNK_ELEMENTS``)."""
+    kind = device.type if device is not None else "cpu"
+    budget = CHUNK_ELEMENTS.get(kind, CHUNK_ELEMENTS["cpu"])
+    return min(n, max(MIN_ROWS, budget // max(1, batch * n)))
 
 
 def feedback_attention(
@@ -91,7 +100,7 @@ def feedback_attention(
     """
     P = P.float()
     B, N, _ = P.shape
-    row_chunk = row_chunk or rows_per_chunk(B, N)
+    row_chunk = row_chunk or rows_per_chunk(B, N, P.device)
     log_p = torch.log(P + LOG_EPS)
     entropy = (P * log_p).sum(dim=-1, keepdim=True)
     out = torch.empty((B, N, N), dtype=out_dtype or P.dtype, device=P.device)

@@ -112,3 +112,37 @@ def test_peaked_P_gives_finite_feedback_in_every_precision(dtype):
     theirs = torch.sort(expected, dim=-1).values
     close = ((ours - theirs).abs().amax(dim=-1) <= 1e-4).float().mean()
     assert close >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("device", "batch", "n", "rows"),
+    [
+        ("cpu", 8, 1764, 2**22 // (8 * 1764)),  # eight DINO B/8 windows: six chunks
+        ("cuda", 8, 1764, 2**24 // (8 * 1764)),  # beside a GPU: two chunks
+        ("cuda", 1, 441, 441),  # a whole small grid in one pass
+        ("cuda", 3, 4096, 2**24 // (3 * 4096)),  # a SAM proxy's three windows
+        ("meta", 8, 1764, 2**22 // (8 * 1764)),  # other devices: the CPU's budget
+        ("cpu", 64, 4096, 64),  # never fewer than MIN_ROWS
+    ],
+)
+def test_rows_per_chunk_follow_the_device_budget(device, batch, n, rows):
+    assert fsa.rows_per_chunk(batch, n, torch.device(device)) == rows
+    assert fsa.rows_per_chunk(batch, n) == fsa.rows_per_chunk(batch, n, torch.device("cpu"))
+
+
+def test_feedback_attention_chunks_by_its_device(monkeypatch):
+    """The chunk size comes from P's device: a smaller budget for that device makes more,
+    smaller chunks, and the matrix is the same."""
+    P = _P(2, 100, 9, sharp=5.0)
+    whole = fsa.feedback_attention(P, 3.0)
+    chunks = []
+    real = fsa.attention_from_affinity
+
+    def spy(S, lam, p=fsa.NUCLEUS_P):
+        chunks.append(S.shape[1])
+        return real(S, lam, p)
+
+    monkeypatch.setattr(fsa, "attention_from_affinity", spy)
+    monkeypatch.setitem(fsa.CHUNK_ELEMENTS, "cpu", 2 * 100 * 70)  # 70 rows at a time
+    torch.testing.assert_close(fsa.feedback_attention(P, 3.0), whole, rtol=0, atol=1e-6)
+    assert chunks == [70, 30]

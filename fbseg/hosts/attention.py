@@ -54,7 +54,7 @@ def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Ten
     mu = S.mean(dim=(1, 2), keepdim=True)
     logits = S.sub_(beta * mu).mul_(gamma)  # γ(S − βμ), in S's memory
     out = torch.empty((B, M, M), dtype=feats.dtype, device=feats.device)
-    chunk = rows_per_chunk(B, M)
+    chunk = rows_per_chunk(B, M, feats.device)
     for start in range(0, M, chunk):
         rows = logits[:, start : start + chunk]
         drop = rows < 0
