@@ -200,16 +200,23 @@ def _is_view(func, args, out) -> bool:
 
 
 def top_kernels(seg, prepared, classes, per_call: int, n: int = 12) -> list[dict]:
-    """The kernels that took most of one call's device time (their own time, so a GEMM is
-    counted once, not again under ``aten::linear``): name, share, milliseconds, launches."""
+    """The kernels that took most of one call's device time (on a GPU the kernels alone, each
+    counted once; on a CPU the ops' own time): name, share, milliseconds, launches."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if seg.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         seg.segment_batch(prepared[:per_call], classes)
         _sync(seg.device)
-    key = "self_device_time_total" if seg.device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    events = list(prof.key_averages())
+    if seg.device.type == "cuda":  # the kernels themselves: an op's entry repeats their time
+        from torch.autograd import DeviceType
+
+        key = "self_device_time_total"
+        events = [e for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        key = "self_cpu_time_total"
+    events.sort(key=lambda e: getattr(e, key, 0), reverse=True)
     total = sum(getattr(e, key, 0) for e in events) or 1
     return [
         {

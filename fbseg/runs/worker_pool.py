@@ -1,5 +1,5 @@
-"""Worker processes for a run's readers and writers: started as ``python -m fbseg.runs.worker_pool``, fed
-pickled calls over a pipe.
+"""Worker processes for a run's readers and writers: started as
+``python -m fbseg.runs.worker_pool``, fed pickled calls over a pipe.
 
 Unlike ``multiprocessing``'s spawned workers these never import the parent's main module:
 a script needs no ``if __name__ == "__main__":`` guard, and a heavy script (one that imports
