@@ -44,10 +44,17 @@ def class_stats_of(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.stack([counts.astype(np.float64), means, probs.reshape(K, -1).max(axis=1)])
 
 
+def narrow_label_type(classes: int) -> np.dtype:
+    """The narrowest integer type that holds class indices below ``classes`` (uint8 up to
+    256 classes): what labels are kept in, sent in and stored in a mask PNG."""
+    return np.min_scalar_type(max(classes - 1, 0))
+
+
 class SegmentationResult:
     """One image's segmentation.
 
-    labels (H, W) int64 class index; probs (K, H, W) float32 per-class probability (softmax
+    labels (H, W) int64 class index (kept in ``compact_labels``' narrow type and widened on
+    first access: a folder run that only writes files never widens it); probs (K, H, W) float32 per-class probability (softmax
     over names after the logit scale, max over each class's names); classes: the K class
     strings as given; names: each class's names; meta: model, host, settings, timings;
     baseline_labels (H, W): the host alone (FSA off), when compared.
@@ -60,11 +67,12 @@ class SegmentationResult:
     """
 
     __slots__ = (
-        "labels",
+        "_labels",
         "classes",
         "names",
         "meta",
-        "baseline_labels",
+        "_baseline",
+        "_wide",
         "_probs",
         "_probs_fn",
         "_stats",
@@ -83,11 +91,12 @@ class SegmentationResult:
         *,
         class_stats: np.ndarray | None = None,
     ) -> None:
-        self.labels = labels
+        self._labels = labels
         self.classes = tuple(classes)
         self.names = tuple(names)
         self.meta = {} if meta is None else meta
-        self.baseline_labels = baseline_labels
+        self._baseline = baseline_labels
+        self._wide: dict[str, np.ndarray] = {}
         self._probs, self._probs_fn = (None, probs) if callable(probs) else (probs, None)
         self._stats = class_stats
         self._lock = threading.Lock()
@@ -98,19 +107,52 @@ class SegmentationResult:
         travel in the narrowest integer type their classes need (uint8 up to 256)."""
         with self._lock:
             probs = self._probs
-        narrow = np.min_scalar_type(max(len(self.classes) - 1, 0))
         return (
             _unpickled,
             (
-                self.labels.astype(narrow),
+                self.compact_labels,
                 probs,
                 self.classes,
                 self.names,
                 self.meta,
-                None if self.baseline_labels is None else self.baseline_labels.astype(narrow),
+                self.compact_baseline_labels,
                 self.class_stats,
             ),
         )
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(H, W) int64 class index."""
+        return self._widened("labels", self._labels)
+
+    @property
+    def baseline_labels(self) -> np.ndarray | None:
+        """(H, W) int64 class index of the host alone (FSA off), when compared."""
+        return None if self._baseline is None else self._widened("baseline", self._baseline)
+
+    @property
+    def compact_labels(self) -> np.ndarray:
+        """``labels`` in ``narrow_label_type`` (uint8 up to 256 classes): the same values at
+        an eighth of the memory, for masks and for sending."""
+        return self._narrowed(self._labels)
+
+    @property
+    def compact_baseline_labels(self) -> np.ndarray | None:
+        """``baseline_labels`` in ``narrow_label_type``, when compared."""
+        return None if self._baseline is None else self._narrowed(self._baseline)
+
+    def _widened(self, key: str, labels: np.ndarray) -> np.ndarray:
+        """``labels`` as int64, converted once (engines hand them over narrow)."""
+        if labels.dtype == np.int64:
+            return labels
+        with self._lock:
+            if key not in self._wide:
+                self._wide[key] = labels.astype(np.int64)
+            return self._wide[key]
+
+    def _narrowed(self, labels: np.ndarray) -> np.ndarray:
+        narrow = narrow_label_type(len(self.classes))
+        return labels if labels.dtype == narrow else labels.astype(narrow)
 
     @property
     def probs(self) -> np.ndarray:
@@ -132,10 +174,10 @@ class SegmentationResult:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return (int(self.labels.shape[0]), int(self.labels.shape[1]))
+        return (int(self._labels.shape[0]), int(self._labels.shape[1]))
 
     def summary(self) -> list[ClassSummary]:
-        stats, total = self.class_stats, self.labels.size
+        stats, total = self.class_stats, self._labels.size
         return [
             ClassSummary(
                 k,
@@ -156,11 +198,12 @@ class SegmentationResult:
         """Host only vs FSA: per-class pixel fractions, their change, the changed pixels."""
         if self.baseline_labels is None:
             return None
-        K, total = len(self.classes), self.labels.size
-        before = np.bincount(self.baseline_labels.ravel(), minlength=K) / total
-        after = np.bincount(self.labels.ravel(), minlength=K) / total
+        K, total = len(self.classes), self._labels.size
+        before_labels, after_labels = self.compact_baseline_labels, self.compact_labels
+        before = np.bincount(before_labels.ravel(), minlength=K) / total
+        after = np.bincount(after_labels.ravel(), minlength=K) / total
         return {
-            "changed_pixel_fraction": float((self.baseline_labels != self.labels).mean()),
+            "changed_pixel_fraction": float((before_labels != after_labels).mean()),
             "classes": [
                 {
                     "class": c,
@@ -181,7 +224,7 @@ class SegmentationResult:
             "classes": [s.to_dict() for s in (classes or self.summary())],
             **self.meta,
         }
-        if self.baseline_labels is not None:
+        if self._baseline is not None:
             out["compare"] = self.comparison()
         return out
 
@@ -198,12 +241,12 @@ def _probs_not_sent() -> np.ndarray:
 
 def _unpickled(labels, probs, classes, names, meta, baseline_labels, class_stats):
     return SegmentationResult(
-        labels.astype(np.int64),
+        labels,
         _probs_not_sent if probs is None else probs,
         classes,
         names,
         meta,
-        None if baseline_labels is None else baseline_labels.astype(np.int64),
+        baseline_labels,
         class_stats=class_stats,
     )
 

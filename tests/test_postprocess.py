@@ -132,6 +132,54 @@ def test_a_batch_crosses_to_the_host_once(tiny_clip, monkeypatch):
         np.testing.assert_allclose(result.class_stats, expected, rtol=1e-9, atol=1e-12)
 
 
+def test_results_keep_labels_narrow_until_read(tiny_clip, monkeypatch):
+    """An engine hands labels over in one byte per pixel; ``labels`` is int64, the same
+    values, made once on first read; reading the summary, the digest or the compact labels
+    (all a folder run does) never widens them."""
+    import pickle
+
+    from fbseg.result import SegmentationResult
+
+    widened = []
+    real = SegmentationResult._widened
+
+    def spy(self, key, labels):
+        widened.append(key)
+        return real(self, key, labels)
+
+    monkeypatch.setattr(SegmentationResult, "_widened", spy)
+    seg = naclip(tiny_clip)
+    result = seg.segment_batch([random_image(70, 90, seed=5)], "cat,sofa; couch,floor")[0]
+    compact = result.compact_labels
+    assert compact.dtype == np.uint8 and compact.shape == (70, 90)
+    result.digest(), result.to_json(), pickle.dumps(result)
+    assert widened == []
+    wide = result.labels
+    assert wide.dtype == np.int64 and result.labels is wide  # made once
+    np.testing.assert_array_equal(wide, compact)
+    copy = pickle.loads(pickle.dumps(result))
+    assert copy.compact_labels.dtype == np.uint8
+    np.testing.assert_array_equal(copy.labels, wide)
+    assert copy.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize(("K", "narrow"), [(2, np.uint8), (256, np.uint8), (300, np.uint16)])
+def test_labels_given_in_any_integer_type_read_back_alike(K, narrow):
+    from fbseg.result import SegmentationResult
+
+    g = np.random.default_rng(K)
+    values = g.integers(0, K, (5, 6))
+    values[0, 0] = K - 1
+    names = tuple((f"c{k}",) for k in range(K))
+    for given in (values, values.astype(np.int16)):
+        result = SegmentationResult(
+            given, np.zeros((K, 5, 6), np.float32), tuple(f"c{k}" for k in range(K)), names
+        )
+        assert result.labels.dtype == np.int64 and result.compact_labels.dtype == narrow
+        np.testing.assert_array_equal(result.labels, values)
+        np.testing.assert_array_equal(result.compact_labels, values)
+
+
 def test_probs_are_computed_once_on_first_access():
     made = []
 

@@ -254,10 +254,10 @@ def results_from_device(
     maps = [m for p in pending for m in (p.labels, p.baseline_labels) if m is not None]
     flat = torch.cat([m.reshape(-1) for m in maps])
     flat_host, stats_host = to_host([flat, stats])
+    flat_host = np.array(flat_host)  # out of the pinned buffer, which is given back
     ends = np.cumsum([m.numel() for m in maps])
-    arrays = iter(
-        part.reshape(m.shape).astype(np.int64)
-        for part, m in zip(np.split(flat_host, ends[:-1]), maps)
+    arrays = iter(  # narrow: ``SegmentationResult.labels`` widens them if read
+        part.reshape(m.shape) for part, m in zip(np.split(flat_host, ends[:-1]), maps)
     )
     out = []
     for i, p in enumerate(pending):

@@ -76,7 +76,7 @@ def render_outputs(
     summary["input"] = item.display
     summary["palette"] = colours.tolist()
     out = {
-        "mask": indexed_png(result.labels, colours),
+        "mask": indexed_png(result.compact_labels, colours),
         "json": (json.dumps(summary, indent=2) + "\n").encode(),
     }
     if opts.overlay:
@@ -84,7 +84,7 @@ def render_outputs(
         out["overlay"] = png_bytes(
             overlay(
                 rgb,
-                result.labels,
+                result.compact_labels,
                 colours,
                 opts.opacity,
                 legend=list(result.classes),
@@ -98,16 +98,17 @@ def render_outputs(
             buf, probs=result.probs.astype(np.float16), classes=np.array(result.classes)
         )
         out["probs"] = buf.getvalue()
-    if opts.compare and result.baseline_labels is not None:
-        out["baseline"] = indexed_png(result.baseline_labels, colours)
-        out["diff"] = png_bytes(
-            Image.fromarray(disagreement(rgb, result.baseline_labels, result.labels)), fast=True
-        )
+    baseline = result.compact_baseline_labels
+    if opts.compare and baseline is not None:
+        labels = result.compact_labels
+        out["baseline"] = indexed_png(baseline, colours)
+        out["diff"] = png_bytes(Image.fromarray(disagreement(rgb, baseline, labels)), fast=True)
     if opts.masks is MaskMode.PER_CLASS:
         empty = None  # every absent class has the same all-black mask: encoded once
+        labels = result.compact_labels
         for k, summary in enumerate(classes):
             if summary.pixel_fraction > 0:
-                out[f"mask:{k}"] = binary_png(result.labels == k)
+                out[f"mask:{k}"] = binary_png(labels == k)
             else:
                 empty = empty or binary_png(np.zeros(result.image_size, dtype=bool))
                 out[f"mask:{k}"] = empty
