@@ -54,10 +54,11 @@ class SegmentationResult:
     """One image's segmentation.
 
     labels (H, W) int64 class index (kept in ``compact_labels``' narrow type and widened on
-    first access: a folder run that only writes files never widens it); probs (K, H, W) float32 per-class probability (softmax
-    over names after the logit scale, max over each class's names); classes: the K class
-    strings as given; names: each class's names; meta: model, host, settings, timings;
-    baseline_labels (H, W): the host alone (FSA off), when compared.
+    first access: a folder run that only writes files never widens it); probs (K, H, W)
+    float32 per-class probability (softmax over names after the logit scale, max over each
+    class's names); classes: the K class strings as given; names: each class's names; meta:
+    model, host, settings, timings; baseline_labels (H, W): the host alone (FSA off), when
+    compared.
 
     ``probs`` may be given as a function that computes it: it then runs on first access
     (engines keep the K×H×W map on their device and move only the labels and ``class_stats``
