@@ -595,6 +595,27 @@ def test_writer_processes_take_the_cores_left(monkeypatch, device, cores, ranks,
     assert device_mod.default_writer_process_count(torch.device(device)) == expected
 
 
+def _stream_settings(tmp_path, tiny_clip, monkeypatch, images: int, **run_args) -> dict:
+    """The settings ``segment_folder`` passes to ``stream_items`` for a folder of ``images``
+    tiny images and these ``run_args`` (nothing is segmented)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(images):
+        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
+    seen: dict = {}
+
+    def spy(items, *args, **kwargs):
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(folder_run, "stream_items", spy)
+    seg = tiny_segmenter(tiny_clip, ["a", "b"])
+    folder_run.segment_folder(
+        seg, [str(src)], parse_classes("a,b"), OutputOptions(out_dir=tmp_path / "out"), **run_args
+    )
+    return seen
+
+
 @pytest.mark.parametrize(
     ("processes", "images", "writers", "expected"),
     [
@@ -615,24 +636,11 @@ def test_a_folder_run_starts_no_more_writers_than_it_needs(
     monkeypatch.setattr(device_mod, "usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setitem(device_mod.IO_THREADS, "cpu", 4)  # as beside a GPU
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(images):
-        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
-    seen = {}
-
-    def spy(items, *args, **kwargs):
-        seen.update(kwargs)
-        return iter(())
-
-    monkeypatch.setattr(folder_run, "stream_items", spy)
-    seg = tiny_segmenter(tiny_clip, ["a", "b"])
-    opts = OutputOptions(out_dir=tmp_path / "out")
-    folder_run.segment_folder(
-        seg,
-        [str(src)],
-        parse_classes("a,b"),
-        opts,
+    seen = _stream_settings(
+        tmp_path,
+        tiny_clip,
+        monkeypatch,
+        images,
         io_threads=2 if not processes else None,
         writers=writers,
         writer_processes=processes,
@@ -653,25 +661,7 @@ def test_a_folder_run_decodes_in_processes_by_device(
     from fbseg.pipeline import device as device_mod
 
     monkeypatch.setitem(device_mod.READER_PROCESSES, "cpu", True)
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(images):
-        Image.fromarray(random_image(8, 8, seed=i)).save(src / f"im{i}.png")
-    seen = {}
-
-    def spy(items, *args, **kwargs):
-        seen.update(kwargs)
-        return iter(())
-
-    monkeypatch.setattr(folder_run, "stream_items", spy)
-    seg = tiny_segmenter(tiny_clip, ["a", "b"])
-    folder_run.segment_folder(
-        seg,
-        [str(src)],
-        parse_classes("a,b"),
-        OutputOptions(out_dir=tmp_path / "out"),
-        reader_processes=asked,
-    )
+    seen = _stream_settings(tmp_path, tiny_clip, monkeypatch, images, reader_processes=asked)
     assert seen["reader_processes"] is expected
 
 
