@@ -73,7 +73,7 @@ class SegmentationResult:
         "names",
         "meta",
         "_baseline",
-        "_wide",
+        "_converted",
         "_probs",
         "_probs_fn",
         "_stats",
@@ -97,7 +97,7 @@ class SegmentationResult:
         self.names = tuple(names)
         self.meta = {} if meta is None else meta
         self._baseline = baseline_labels
-        self._wide: dict[str, np.ndarray] = {}
+        self._converted: dict[tuple[str, np.dtype], np.ndarray] = {}
         self._probs, self._probs_fn = (None, probs) if callable(probs) else (probs, None)
         self._stats = class_stats
         self._lock = threading.Lock()
@@ -124,36 +124,37 @@ class SegmentationResult:
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int64 class index."""
-        return self._widened("labels", self._labels)
+        return self._in_type("labels", self._labels, np.dtype(np.int64))
 
     @property
     def baseline_labels(self) -> np.ndarray | None:
         """(H, W) int64 class index of the host alone (FSA off), when compared."""
-        return None if self._baseline is None else self._widened("baseline", self._baseline)
+        if self._baseline is None:
+            return None
+        return self._in_type("baseline", self._baseline, np.dtype(np.int64))
 
     @property
     def compact_labels(self) -> np.ndarray:
         """``labels`` in ``narrow_label_type`` (uint8 up to 256 classes): the same values at
         an eighth of the memory, for masks and for sending."""
-        return self._narrowed(self._labels)
+        return self._in_type("labels", self._labels, narrow_label_type(len(self.classes)))
 
     @property
     def compact_baseline_labels(self) -> np.ndarray | None:
         """``baseline_labels`` in ``narrow_label_type``, when compared."""
-        return None if self._baseline is None else self._narrowed(self._baseline)
+        if self._baseline is None:
+            return None
+        return self._in_type("baseline", self._baseline, narrow_label_type(len(self.classes)))
 
-    def _widened(self, key: str, labels: np.ndarray) -> np.ndarray:
-        """``labels`` as int64, converted once (engines hand them over narrow)."""
-        if labels.dtype == np.int64:
+    def _in_type(self, key: str, labels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """``labels`` in ``dtype``, converted once per type: engines hand them over narrow
+        and ``labels`` widens them; labels given wide are narrowed for masks and sending."""
+        if labels.dtype == dtype:
             return labels
         with self._lock:
-            if key not in self._wide:
-                self._wide[key] = labels.astype(np.int64)
-            return self._wide[key]
-
-    def _narrowed(self, labels: np.ndarray) -> np.ndarray:
-        narrow = narrow_label_type(len(self.classes))
-        return labels if labels.dtype == narrow else labels.astype(narrow)
+            if (key, dtype) not in self._converted:
+                self._converted[key, dtype] = labels.astype(dtype)
+            return self._converted[key, dtype]
 
     @property
     def probs(self) -> np.ndarray:

@@ -141,13 +141,14 @@ def test_results_keep_labels_narrow_until_read(tiny_clip, monkeypatch):
     from fbseg.result import SegmentationResult
 
     widened = []
-    real = SegmentationResult._widened
+    real = SegmentationResult._in_type
 
-    def spy(self, key, labels):
-        widened.append(key)
-        return real(self, key, labels)
+    def spy(self, key, labels, dtype):
+        if dtype == np.int64 and labels.dtype != dtype:
+            widened.append(key)
+        return real(self, key, labels, dtype)
 
-    monkeypatch.setattr(SegmentationResult, "_widened", spy)
+    monkeypatch.setattr(SegmentationResult, "_in_type", spy)
     seg = naclip(tiny_clip)
     result = seg.segment_batch([random_image(70, 90, seed=5)], "cat,sofa; couch,floor")[0]
     compact = result.compact_labels
@@ -176,6 +177,7 @@ def test_labels_given_in_any_integer_type_read_back_alike(K, narrow):
             given, np.zeros((K, 5, 6), np.float32), tuple(f"c{k}" for k in range(K)), names
         )
         assert result.labels.dtype == np.int64 and result.compact_labels.dtype == narrow
+        assert result.compact_labels is result.compact_labels  # converted once, if at all
         np.testing.assert_array_equal(result.labels, values)
         np.testing.assert_array_equal(result.compact_labels, values)
 

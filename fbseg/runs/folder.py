@@ -126,12 +126,13 @@ def segment_folder(
     several = len(scan.items) + len(scan.missing) > 1
     if on_start is not None:
         on_start(len(items))
-    processes = (
-        default_writer_processes(engine.device) if writer_processes is None else writer_processes
-    ) and len(items) > 1  # no process to start for one image
-    decode_in_processes = (
-        default_reader_processes(engine.device) if reader_processes is None else reader_processes
-    ) and len(items) > 1
+
+    def in_processes(asked: bool | None, by_device: Callable[..., bool]) -> bool:
+        """The caller's choice, else the device's; no process to start for one image."""
+        return (by_device(engine.device) if asked is None else asked) and len(items) > 1
+
+    processes = in_processes(writer_processes, default_writer_processes)
+    decode_in_processes = in_processes(reader_processes, default_reader_processes)
     readers = io_threads or default_io_threads(engine.device)
     if not writers:
         writers = default_writer_process_count(engine.device) if processes else readers
