@@ -14,7 +14,13 @@ from fbseg.engines import DEFAULT_ENGINE, ENGINES
 from fbseg.hosts import DEFAULT_HOST, HOSTS
 from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
-from fbseg.pipeline.config import DEFAULTS, IMAGES_PER_CALL, Refinement, SegmentConfig
+from fbseg.pipeline.config import (
+    CUDA_GRAPHS,
+    DEFAULTS,
+    IMAGES_PER_CALL,
+    Refinement,
+    SegmentConfig,
+)
 from fbseg.presets import DEFAULT_PRESET, PRESETS, Preset
 
 MODEL, OUTPUT, PERF, PROTOCOL = "Model", "Output", "Performance", "Protocol"
@@ -184,6 +190,18 @@ PrecisionOpt = Annotated[
         rich_help_panel=PERF,
     ),
 ]
+CudaGraphsOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help=(
+            "Replay each window batch's forward as a CUDA graph: one launch instead of "
+            f"hundreds (CUDA only; default {'on' if CUDA_GRAPHS else 'off'})."
+        ),
+        rich_help_panel=PERF,
+        show_default=False,
+    ),
+]
 BatchOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -293,6 +311,7 @@ CLIP_ONLY_FLAGS = {
     "pamr_steps": "--pamr-steps",
     "pamr_dilations": "--pamr-dilations",
     "compare": "--compare",
+    "cuda_graphs": "--cuda-graphs/--no-cuda-graphs",
 }
 
 
@@ -317,7 +336,9 @@ def load_engine(
     if engine == DEFAULT_ENGINE:
         preset = PRESETS.get(flags.get("preset") or DEFAULT_PRESET)
         choice = ModelChoice.from_flags(flags, preset)
-        return load_segmenter(choice, config, show=show, device=device)
+        return load_segmenter(
+            choice, config, show=show, device=device, cuda_graphs=flags.get("cuda_graphs")
+        )
     from ._console import err
 
     if show:
@@ -331,7 +352,12 @@ def load_engine(
 
 
 def load_segmenter(
-    choice: ModelChoice, config: SegmentConfig, *, show: bool, device: str | None = None
+    choice: ModelChoice,
+    config: SegmentConfig,
+    *,
+    show: bool,
+    device: str | None = None,
+    cuda_graphs: bool | None = None,
 ):
     """Print what is loading, then build the Segmenter (the library does the work)."""
     from fbseg.pipeline.segmenter import Segmenter
@@ -350,6 +376,7 @@ def load_segmenter(
         config=config,
         device=device or choice.device,
         precision=choice.precision,
+        cuda_graphs=cuda_graphs,
     )
 
 

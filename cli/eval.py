@@ -15,6 +15,7 @@ from ._options import (
     OUTPUT,
     BatchOpt,
     CheckpointOpt,
+    CudaGraphsOpt,
     DebugOpt,
     DeviceOpt,
     EngineOpt,
@@ -93,6 +94,7 @@ def eval_command(
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    cuda_graphs: CudaGraphsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     flags = dict(locals())

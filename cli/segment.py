@@ -17,6 +17,7 @@ from ._options import (
     CheckpointOpt,
     ClassesFileOpt,
     ClassesOpt,
+    CudaGraphsOpt,
     DebugOpt,
     DeviceOpt,
     EngineOpt,
@@ -153,6 +154,7 @@ def segment(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     batch_images: BatchOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     flags = dict(locals())

@@ -150,6 +150,7 @@ def test_same_stem_inputs_keep_their_suffix(tmp_path, fast):
         (["-c", "cat", "--model", "ViT-B-61"], 2, "unknown model"),
         (["-c", "cat", "--precision", "fp8"], 2, "unknown precision"),
         (["-c", "cat", "--compare", "--no-feedback"], 2, "needs --feedback"),
+        (["-c", "cat", "--cuda-graphs"], 2, "CUDA graphs need a CUDA device, not cpu"),
     ],
 )
 def test_usage_errors(tmp_path, fast, args, code, text):

@@ -44,6 +44,10 @@ MAX_WRITER_PROCESSES = 16
 # host; on an H200 NACLIP ran 1.6× faster at 32 windows per forward than at 8, ProxyCLIP
 # 14% slower at 32 than at 8 (benchmarks/bench_throughput.py --windows).
 TOKENS_PER_FORWARD = 32 * 441
+# Whether a Segmenter beside a GPU replays its window-batch forwards as CUDA graphs
+# (fbseg/pipeline/graphs.py) unless told. Off until a GPU run of
+# benchmarks/bench_throughput.py shows them faster and equal to the forwards they replay.
+CUDA_GRAPHS = False
 # Windows' logits are upsampled to their crops' full size this many bytes at a time (float32
 # B×C×h×w): about 6 windows of 336² with 46 names per call rather than one each, without
 # the whole batch at full resolution.

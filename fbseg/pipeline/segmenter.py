@@ -12,6 +12,7 @@ import torch
 
 from fbseg import __version__
 from fbseg.classes import ClassList, parse_classes
+from fbseg.errors import ConfigError
 from fbseg.hosts import DEFAULT_HOST, HOSTS, build_host
 from fbseg.hosts.base import Host, HostOptions
 from fbseg.io import ImageLike, read_image
@@ -26,9 +27,16 @@ from fbseg.models.clip_tower import patch_size
 from fbseg.models.constants import on_device
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
-from fbseg.pipeline.config import DEFAULTS, TOKENS_PER_FORWARD, Refinement, SegmentConfig
+from fbseg.pipeline.config import (
+    CUDA_GRAPHS,
+    DEFAULTS,
+    TOKENS_PER_FORWARD,
+    Refinement,
+    SegmentConfig,
+)
 from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.pipeline.device import resolve_device, resolve_precision
+from fbseg.pipeline.graphs import GraphedForwards
 from fbseg.pipeline.postprocess import (
     device_result,
     probabilities_and_labels,
@@ -68,8 +76,10 @@ class Segmenter:
         weights_id: str | None = None,
         text_cache_dir: Path | None = None,
         windows_per_forward: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.graphs = graphed_forwards(self.device, cuda_graphs)
         self.dtype = resolve_precision(precision, self.device)
         self.model_name = model_name
         host = build_host(host) if isinstance(host, str) else host
@@ -104,16 +114,20 @@ class Segmenter:
         device: str = "auto",
         precision: str = "auto",
         text_cache: bool = True,
+        cuda_graphs: bool | None = None,
         **overrides,
     ) -> Segmenter:
         """Load CLIP (``open_clip.create_model(model)``) with a pretrained tag or a local
         file, and the host with what it owns (ProxyCLIP: the proxy, from timm, likewise).
         ``overrides`` (``feedback=False``, ``lam=2.0``, ``window=448`` ...) change ``config``.
         With no arguments: the reference configuration, ViT-B-16/openai + DINO ViT-B/8
-        ProxyCLIP + FSA."""
+        ProxyCLIP + FSA. ``cuda_graphs`` replays window-batch forwards as CUDA graphs (CUDA
+        only; None: ``CUDA_GRAPHS``)."""
         host_entry = HOSTS.get(host)
         config = config.replace(**overrides)
-        resolve_precision(precision, resolve_device(device))  # bad settings fail before loading
+        target = resolve_device(device)  # bad settings fail before loading:
+        resolve_precision(precision, target)
+        graphed_forwards(target, cuda_graphs)
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)
@@ -127,6 +141,7 @@ class Segmenter:
             precision=precision,
             weights_id=weights_id(model, pretrained, checkpoint),
             text_cache_dir=text_cache_root() if text_cache else None,
+            cuda_graphs=cuda_graphs,
         )
 
     @property
@@ -234,22 +249,27 @@ class Segmenter:
         text = self.encode_text(cl).to(self.dtype)
         prepared = [im if isinstance(im, PreparedImage) else self.prepare(im, cfg) for im in images]
         if any(p.short_side != cfg.short_side for p in prepared):
-            from fbseg.errors import ConfigError
-
             raise ConfigError("image prepared with another short side")
         t1 = time.perf_counter()
         lam_value = self.lam_for(cfg)
 
-        def crop_fn(crops: torch.Tensor) -> torch.Tensor:
+        def forward(crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
             return crop_logits(
                 self.crop_model,
-                crops.to(self.dtype),  # one cast per window batch, not one per image
+                crops,
                 text,
                 feedback=cfg.feedback,
                 lam=lam_value,
                 window=cfg.window,
                 also_baseline=compare,
             )
+
+        def crop_fn(crops: torch.Tensor) -> torch.Tensor:
+            crops = crops.to(self.dtype)  # one cast per window batch, not one per image
+            if self.graphs is None:
+                return forward(crops, text)
+            key = (cfg.feedback, lam_value, cfg.window, compare)  # what a recording fixes
+            return self.graphs.run(key, forward, crops, text)
 
         images_on_device = [self.model_input(p) for p in prepared]
         stitched = slide_many(
@@ -297,8 +317,11 @@ class Segmenter:
         return max(1, TOKENS_PER_FORWARD // max(1, tokens))
 
     def _shrink_window_batch(self, size: int) -> None:
-        """A window batch ran out of memory: later calls start from the size that fitted."""
+        """A window batch ran out of memory: later calls start from the size that fitted,
+        and recorded forwards give their memory back."""
         self.windows_per_forward = size
+        if self.graphs is not None:
+            self.graphs.clear()
 
     def explain(
         self,
@@ -358,6 +381,15 @@ class Segmenter:
             },
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
+
+
+def graphed_forwards(device: torch.device, cuda_graphs: bool | None) -> GraphedForwards | None:
+    """Where window-batch forwards are replayed as CUDA graphs: on CUDA when ``cuda_graphs``
+    (None: ``CUDA_GRAPHS``) asks for it; asked for elsewhere, a ConfigError."""
+    wanted = CUDA_GRAPHS if cuda_graphs is None else cuda_graphs
+    if cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"CUDA graphs need a CUDA device, not {device.type}")
+    return GraphedForwards() if wanted and device.type == "cuda" else None
 
 
 def _recompute_probs(logits: torch.Tensor, post_args: tuple) -> Callable[[], torch.Tensor]:
