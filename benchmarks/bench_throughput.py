@@ -17,7 +17,11 @@ with ``--model-only``, measures only what every version has (``Segmenter.from_pr
 ``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
 device's defaults; ``--windows 8 32`` measures the largest images-per-call setting at other
 window batch sizes. On CUDA each model-only row counts the host's waits for the device in one call
-(``torch.cuda.set_sync_debug_mode``).
+(``torch.cuda.set_sync_debug_mode``), and the forwards are also measured replayed as CUDA
+graphs (``Segmenter(cuda_graphs=True)``; ``--no-graphs`` leaves them out): how many were
+recorded, how their labels and class statistics compare with the forwards run kernel by
+kernel, model-only rows (with ``--windows``, at those window batches too) and the default
+``segment DIR`` run.
 """
 
 from __future__ import annotations
@@ -360,6 +364,9 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--proxy-checkpoint")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument(
+        "--no-graphs", action="store_true", help="no rows with CUDA graphs (CUDA only anyway)"
+    )
     ap.add_argument("--tree", help="import fbseg from this checkout")
     ap.add_argument("--model-only", action="store_true", help="model-only rows and FLOPs only")
     ap.add_argument("--windows", type=int, nargs="*", default=[], help="other window batches")
@@ -480,6 +487,9 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             )
         report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
         report["operations"][host] = operations_per_call(seg, prepared, classes, max(args.batches))
+        graphs = device.type == "cuda" and hasattr(seg, "graphs") and not args.no_graphs
+        if graphs:
+            graph_rows(args, seg, prepared, classes, flops, report, host)
         if args.model_only:
             continue
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
@@ -526,6 +536,26 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "of_model": r["images_per_s"] / best,
                 },
             )
+        if graphs:  # the default run again, its forwards replayed as CUDA graphs
+            with_graphs(seg)
+            r = end_to_end(
+                seg,
+                folder_x2,
+                classes,
+                tmp / "out",
+                default_group,
+                writer_processes=processes,
+            )
+            seg.graphs = None
+            _add(
+                report,
+                {
+                    "host": host,
+                    "what": f"segment DIR, CUDA graphs (group {default_group})",
+                    **r,
+                    "of_model": r["images_per_s"] / report["graph_best"][host],
+                },
+            )
         # the defaults against other settings: is the default group the fastest tried?
         others = [(g, None, None, None) for g in args.groups if g != default_group]
         others += [(default_group, t, None, None) for t in args.io_threads]
@@ -560,6 +590,69 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             reference_form.restore()
     report["device"] = device_name(device)
     return report
+
+
+def with_graphs(seg) -> None:
+    """Give ``seg`` CUDA-graph replays of its forwards, recorded anew."""
+    from fbseg.pipeline.graphs import GraphedForwards
+
+    seg.graphs = GraphedForwards()
+
+
+def all_results(seg, prepared, classes, per_call: int) -> list:
+    return [
+        r
+        for start in range(0, len(prepared), per_call)
+        for r in seg.segment_batch(prepared[start : start + per_call], classes)
+    ]
+
+
+def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: str) -> None:
+    """Model-only rows with the forwards replayed as CUDA graphs, and how their results
+    compare with the forwards run one kernel at a time (the same kernels on the same inputs:
+    equal labels are expected)."""
+    per_call = max(args.batches)
+    eager = all_results(seg, prepared, classes, per_call)
+    with_graphs(seg)
+    try:
+        for _ in range(2):  # each batch shape's first sight, then its recording
+            replayed = all_results(seg, prepared, classes, per_call)
+        same = sum(
+            int((a.compact_labels == b.compact_labels).sum()) for a, b in zip(eager, replayed)
+        )
+        pixels = sum(a.compact_labels.size for a in eager)
+        stats = max(
+            float(abs(a.class_stats - b.class_stats).max()) for a, b in zip(eager, replayed)
+        )
+        report.setdefault("graph_agreement", {})[host] = {
+            "pixels_equal": same / pixels,
+            "stats_max_abs_diff": stats,
+            "recorded": seg.graphs.recorded,
+        }
+        print(
+            f"{host}: CUDA graphs: {seg.graphs.recorded} recorded; labels equal on "
+            f"{100 * same / pixels:.4f}% of pixels; class statistics differ by at most {stats:.3g}",
+            flush=True,
+        )
+        best = 0.0
+        for windows in [None, *args.windows]:
+            keep = seg.windows_per_forward
+            if windows is not None:  # recorded anew, within the limit of recordings
+                with_graphs(seg)
+                seg.windows_per_forward = windows
+                all_results(seg, prepared, classes, per_call)  # first sights; model_only records
+            r = model_only(seg, prepared, classes, per_call)
+            seg.windows_per_forward = keep
+            best = max(best, r["images_per_s"])
+            what = f"model only, {per_call}/call, CUDA graphs"
+            what += f", {windows} windows/forward" if windows is not None else ""
+            _add(
+                report,
+                {"host": host, "what": what, **r, "tflops": flops * r["images_per_s"] / 1e12},
+            )
+        report.setdefault("graph_best", {})[host] = best
+    finally:
+        seg.graphs = None
 
 
 def device_name(device: torch.device) -> str:

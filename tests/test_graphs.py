@@ -18,7 +18,7 @@ import torch
 
 from fbseg.errors import ConfigError
 from fbseg.pipeline.config import DEFAULTS
-from fbseg.pipeline.graphs import GraphedForwards, Recorded
+from fbseg.pipeline.graphs import ExternalInputs, GraphedForwards, Recorded
 
 from conftest import random_image
 from helpers import tiny_segmenter, with_text
@@ -196,3 +196,57 @@ def test_cuda_graphs_are_refused_on_other_devices(tiny_clip):
         tiny_segmenter(tiny_clip, NAMES, cuda_graphs=True)
     assert tiny_segmenter(tiny_clip, NAMES).graphs is None  # the default (CUDA_GRAPHS off)
     assert tiny_segmenter(tiny_clip, NAMES, cuda_graphs=False).graphs is None
+
+
+def test_a_recording_keeps_what_it_reads_and_did_not_make():
+    """A graph reads cached constants by address: the recording must hold them, not the
+    cache, which may drop them. What the forward makes itself is not held."""
+    cache = {"scale": torch.full((3,), 2.0)}
+    weight = torch.ones(3)
+    made = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        h = x * cache["scale"][:, None][:, 0]  # a view of the constant
+        made.append(h)
+        return h + weight
+
+    x = torch.arange(3.0)
+    reads = ExternalInputs()
+    with reads:
+        out = forward(x)
+    torch.testing.assert_close(out, forward(x), rtol=0, atol=0)
+    kept = {t.untyped_storage().data_ptr() for t in reads.kept}
+    for tensor in (x, cache["scale"], weight):
+        assert tensor.untyped_storage().data_ptr() in kept
+    assert made[0].untyped_storage().data_ptr() not in kept
+
+
+def test_a_forward_keeps_every_cached_constant_it_reads(tiny_clip, host):
+    """Run as it would be recorded, a window batch's forward gives the same logits and holds
+    every constant the caches built for it (emptied first, then filled by a first run)."""
+    from fbseg.models import constants
+    from fbseg.models.pos_embed import _CACHE_ATTR
+    from fbseg.pipeline.crop import crop_logits
+
+    seg = _segmenter(tiny_clip, host)
+    modules = [seg.visual, getattr(seg.host, "proxy", seg.visual)]
+    constants._COPIES.clear()
+    for module in modules:
+        module.__dict__.pop(_CACHE_ATTR, None)
+    crops = torch.randn(2, 3, 64, 64)
+    text = seg.encode_text(NAMES)
+
+    def forward(c, t):
+        return crop_logits(seg.crop_model, c, t, feedback=True, lam=3.0, window=64)
+
+    with torch.inference_mode():
+        expected = forward(crops, text)
+        reads = ExternalInputs()
+        with reads:
+            got = forward(crops, text)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    cached = list(constants._COPIES.values())
+    cached += [t for m in modules for t in m.__dict__.get(_CACHE_ATTR, {}).values()]
+    assert cached  # the hosts do read cached constants
+    kept = {t.untyped_storage().data_ptr() for t in reads.kept}
+    assert all(t.untyped_storage().data_ptr() in kept for t in cached)

@@ -11,7 +11,8 @@ each replay copies the crops and the text embeddings into those buffers and hand
 of the output, so nothing a caller holds is overwritten by a later replay. The forward must
 make no host synchronisation and build no CPU tensor (``tests/test_postprocess.py`` checks
 every host on the meta device); what it caches on the device (position tables, constants)
-is built by an ordinary run of the same shape before the first recording.
+is built by an ordinary run of the same shape before the first recording, and the recording
+keeps every such tensor it reads alive (``ExternalInputs``), whatever the caches drop later.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 log = logging.getLogger("fbseg")
 
@@ -33,11 +36,43 @@ GRAPH_LIMIT = 16
 
 @dataclass
 class Recorded:
-    """A recorded forward: ``replay()`` reruns it reading ``inputs`` and writing ``output``."""
+    """A recorded forward: ``replay()`` reruns it reading ``inputs`` and writing ``output``;
+    ``kept`` holds the other tensors it reads (see ``ExternalInputs``)."""
 
     replay: Callable[[], None]
     inputs: tuple[torch.Tensor, ...]
     output: torch.Tensor
+    kept: tuple[torch.Tensor, ...] = ()
+
+
+class ExternalInputs(TorchDispatchMode):
+    """Collects, while a forward is recorded, every tensor its operations read that none of
+    them made: weights, and constants from caches that may drop them later (position tables,
+    ``on_device`` copies). A graph reads them by address on every replay, so the recording
+    keeps them alive for as long as it lives. What the forward makes itself is not kept: its
+    memory belongs to the recording's pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: set[int] = set()
+        self._read: dict[int, torch.Tensor] = {}
+
+    @property
+    def kept(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self._read.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for x in tree_leaves((args, kwargs)):
+            if isinstance(x, torch.Tensor):
+                storage = x.untyped_storage().data_ptr()
+                if storage not in self._made:
+                    self._read.setdefault(storage, x)
+        out = func(*args, **kwargs)
+        for x in tree_leaves(out):
+            if isinstance(x, torch.Tensor):
+                self._made.add(x.untyped_storage().data_ptr())
+        return out
 
 
 class Recorder(Protocol):
@@ -64,9 +99,11 @@ class CudaGraphRecorder:
     ) -> Recorded:
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
+        reads = ExternalInputs()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            output = forward(*static)
-        return Recorded(graph.replay, static, output)
+            with reads:
+                output = forward(*static)
+        return Recorded(graph.replay, static, output, reads.kept)
 
 
 _MISSING = object()
