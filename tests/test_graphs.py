@@ -62,6 +62,55 @@ def test_a_key_runs_as_is_then_is_recorded_then_replayed():
     assert graphs.recorded == 1
 
 
+class BakedInputs(ReplayOnBuffers):
+    """A broken recording: its replays compute from the inputs it was recorded with, not
+    from its buffers (as a graph that read them from elsewhere would)."""
+
+    def __call__(self, forward, inputs):
+        recorded = super().__call__(forward, inputs)
+        baked = tuple(x.clone() for x in inputs)
+
+        def replay() -> None:
+            self.replays += 1
+            recorded.output.copy_(forward(*baked))
+
+        return Recorded(replay, recorded.inputs, recorded.output)
+
+
+class CountedForward:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return doubled_plus(x, y)
+
+
+def test_the_first_replay_on_new_inputs_is_checked_once():
+    forward = CountedForward()
+    recorder = ReplayOnBuffers()
+    graphs = GraphedForwards(recorder)
+    y = torch.zeros(1)
+    for call in range(6):
+        graphs.run("k", forward, torch.full((2,), float(call)), y)
+    assert recorder.recordings == 1 and recorder.replays == 5
+    # the forward as it is (the emulated recording and replays run it too): the first
+    # sight and the check beside the first replay on new inputs
+    assert forward.calls - recorder.recordings - recorder.replays == 2
+
+
+def test_a_replay_that_disagrees_with_its_forward_is_dropped(caplog):
+    recorder = BakedInputs()
+    graphs = GraphedForwards(recorder)
+    y = torch.zeros(1)
+    with caplog.at_level(logging.WARNING, logger="fbseg"):
+        outs = [graphs.run("k", doubled_plus, torch.full((2,), float(c)), y) for c in range(5)]
+    assert [o.tolist() for o in outs] == [[2.0 * c] * 2 for c in range(5)]
+    assert graphs.recorded == 0 and recorder.recordings == 1
+    warnings = [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warnings) == 1 and "differs from its forward on 100.0%" in warnings[0]
+
+
 def test_a_replayed_output_is_the_callers_own():
     """A later replay writes into the recording's output: what an earlier call returned
     must not change with it."""

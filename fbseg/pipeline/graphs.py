@@ -32,6 +32,13 @@ log = logging.getLogger("fbseg")
 # Recorded forwards kept per segmenter; a batch shape beyond them runs as before. At the
 # default protocol a run needs one crop size and at most one graph per window-batch size.
 GRAPH_LIMIT = 16
+# A recording's first replay on inputs other than those it was recorded with is checked
+# against the forward run as it is: it is kept if at most this share of the output's entries
+# differ by more than CHECK_ATOL (the outputs are cosine logits in [-1, 1]; the same kernels
+# on the same inputs agree exactly, and a graph that read stale or freed memory would differ
+# nearly everywhere).
+CHECK_ATOL = 1e-2
+CHECK_SHARE = 1e-3
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Recorded:
     inputs: tuple[torch.Tensor, ...]
     output: torch.Tensor
     kept: tuple[torch.Tensor, ...] = ()
+    checked: bool = False  # its first replay on new inputs agreed with the forward itself
 
 
 class ExternalInputs(TorchDispatchMode):
@@ -115,9 +123,10 @@ class GraphedForwards:
     shape, dtype and device.
 
     The first time a key is seen the forward runs as it is (and builds what it caches); the
-    second time it is recorded and replayed, and from then on replayed. A recording that
-    fails (out of memory, an operation a graph cannot hold) is logged once and its key runs
-    as before. At most ``limit`` keys are recorded.
+    second time it is recorded and replayed; the third time it is replayed and also run as
+    it is, and the recording is kept only if the two agree (``CHECK_ATOL``); from then on it
+    is replayed. A recording that fails (out of memory, an operation a graph cannot hold) or
+    disagrees is logged once and its key runs as before. At most ``limit`` keys are recorded.
     """
 
     def __init__(self, recorder: Recorder | None = None, limit: int = GRAPH_LIMIT) -> None:
@@ -147,16 +156,20 @@ class GraphedForwards:
         full_key = (key, *((tuple(x.shape), x.dtype, x.device) for x in inputs))
         with self._lock:
             recorded = self._recorded.get(full_key, _MISSING)
-            if recorded is _MISSING:
-                recorded = (
-                    self._record(full_key, forward, inputs) if self._may_record(full_key) else None
-                )
-            if recorded is None:  # not yet, not any more, or it failed: as before
+            if recorded is _MISSING and self._may_record(full_key):
+                recorded = self._record(full_key, forward, inputs)
+                if recorded is not None:  # recorded from these very inputs: checked next time
+                    return _replay(recorded, inputs)
+            if recorded is None or recorded is _MISSING:  # not yet, or it failed: as before
                 return forward(*inputs)
-            for static, x in zip(recorded.inputs, inputs):
-                static.copy_(x)
-            recorded.replay()
-            return recorded.output.clone()
+            out = _replay(recorded, inputs)
+            if not recorded.checked:
+                expected = forward(*inputs)
+                if not _agrees(out, expected):
+                    self._recorded[full_key] = None
+                    return expected
+                recorded.checked = True
+            return out
 
     def _may_record(self, full_key: Hashable) -> bool:
         """Record a key on its second sight, while fewer than ``limit`` are recorded."""
@@ -177,3 +190,26 @@ class GraphedForwards:
             recorded = None
         self._recorded[full_key] = recorded
         return recorded
+
+
+def _replay(recorded: Recorded, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Copy ``inputs`` into the recording's buffers, replay it, and copy its output out."""
+    for static, x in zip(recorded.inputs, inputs):
+        static.copy_(x)
+    recorded.replay()
+    return recorded.output.clone()
+
+
+def _agrees(replayed: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether a replay's output matches the forward's own (one wait for the device, once per
+    recording); a mismatch is logged."""
+    differ = ~torch.isclose(replayed, expected, rtol=0.0, atol=CHECK_ATOL, equal_nan=True)
+    share = differ.float().mean().item()
+    if share > CHECK_SHARE:
+        log.warning(
+            "a CUDA graph's replay differs from its forward on %.1f%% of the outputs; "
+            "this batch shape runs without one",
+            100 * share,
+        )
+        return False
+    return True
