@@ -277,7 +277,7 @@ class CpuTensorWatch(TorchDispatchMode):
         return len(self._made_on_host)
 
 
-HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip"]
+HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip", "proxyclip-sam"]
 
 
 @pytest.mark.parametrize("host_name", HOSTS_ON_META)
@@ -291,11 +291,19 @@ def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt
     from fbseg.hosts import HOSTS
     from fbseg.hosts.base import HostOptions
 
-    host = (
-        HOSTS.get("proxyclip").build(HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt))
-        if host_name == "proxyclip"
-        else build_host(host_name)
-    )
+    if host_name == "proxyclip":
+        host = HOSTS.get("proxyclip").build(HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt))
+    elif host_name == "proxyclip-sam":  # SAM's position lookups, its banded global attention
+        import timm
+
+        from fbseg.hosts.proxyclip import ProxyCLIP
+        from fbseg.models.proxies import PROXIES
+
+        with torch.device("meta"):
+            proxy = timm.create_model("samvit_base_patch16.sa1b", pretrained=False)
+        host = ProxyCLIP(proxy, PROXIES.get("sam"))
+    else:
+        host = build_host(host_name)
     model = CropModel(copy.deepcopy(tiny_clip.visual).to("meta"), host.to("meta", torch.float32))
     text = torch.zeros(4, 32, device="meta")
     cfg = DEFAULTS.replace(prob_threshold=0.3, area_threshold=0.1, renormalize=True)

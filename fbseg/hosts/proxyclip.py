@@ -16,7 +16,7 @@ from fbseg.models.proxies import (
     proxy_features,
     proxy_tokens,
 )
-from fbseg.models.sam_attention import chunk_global_attention
+from fbseg.models.sam_attention import patch_rel_pos_attention
 from fbseg.models.weights import weights_id
 
 
@@ -35,7 +35,7 @@ class ProxyCLIP(Host):
 
     def __init__(self, proxy: torch.nn.Module, spec: ProxySpec, weights_id: str | None = None):
         if spec.input is ProxyInput.SAM:  # its 12 × 4096² position bias, a band at a time
-            chunk_global_attention(proxy)
+            patch_rel_pos_attention(proxy)
         self.proxy = proxy.eval()
         self.spec = spec
         self.weights_id = weights_id
