@@ -277,7 +277,24 @@ class CpuTensorWatch(TorchDispatchMode):
         return len(self._made_on_host)
 
 
-HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip", "proxyclip-sam"]
+HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip"]
+PROXIES_ON_META = ["dinov2", "sam", "mae"]  # DINO is the proxyclip entry above
+
+
+@pytest.mark.parametrize("proxy_name", PROXIES_ON_META)
+def test_a_forward_with_any_proxy_makes_no_cpu_tensor_once_warm(proxy_name, tiny_clip):
+    """As ``test_a_forward_makes_no_cpu_tensor_once_warm``, for ProxyCLIP with a random proxy of each other family built on the meta
+    device: DINOv2's registers, SAM's position lookups and banded global attention, MAE's
+    resize to the window."""
+    import timm
+
+    from fbseg.hosts.proxyclip import ProxyCLIP
+    from fbseg.models.proxies import PROXIES
+
+    spec = PROXIES.get(proxy_name)
+    with torch.device("meta"):
+        proxy = timm.create_model(spec.timm_name, pretrained=False)
+    _forward_makes_no_cpu_tensor(ProxyCLIP(proxy, spec), tiny_clip)
 
 
 @pytest.mark.parametrize("host_name", HOSTS_ON_META)
@@ -286,24 +303,20 @@ def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt
     which builds and keeps constants such as NACLIP's Gaussian on the device — a window
     batch, its stitching and the post-processing touch no CPU tensor, but for one queued
     upload of the window counts per call."""
-    import copy
-
     from fbseg.hosts import HOSTS
     from fbseg.hosts.base import HostOptions
 
-    if host_name == "proxyclip":
-        host = HOSTS.get("proxyclip").build(HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt))
-    elif host_name == "proxyclip-sam":  # SAM's position lookups, its banded global attention
-        import timm
+    host = (
+        HOSTS.get("proxyclip").build(HostOptions(proxy="dino", proxy_checkpoint=dino_ckpt))
+        if host_name == "proxyclip"
+        else build_host(host_name)
+    )
+    _forward_makes_no_cpu_tensor(host, tiny_clip)
 
-        from fbseg.hosts.proxyclip import ProxyCLIP
-        from fbseg.models.proxies import PROXIES
 
-        with torch.device("meta"):
-            proxy = timm.create_model("samvit_base_patch16.sa1b", pretrained=False)
-        host = ProxyCLIP(proxy, PROXIES.get("sam"))
-    else:
-        host = build_host(host_name)
+def _forward_makes_no_cpu_tensor(host, tiny_clip) -> None:
+    import copy
+
     model = CropModel(copy.deepcopy(tiny_clip.visual).to("meta"), host.to("meta", torch.float32))
     text = torch.zeros(4, 32, device="meta")
     cfg = DEFAULTS.replace(prob_threshold=0.3, area_threshold=0.1, renormalize=True)
