@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from fbseg.classes import parse_classes
-from fbseg.hosts import build_host
+from fbseg.hosts import HOSTS, build_host
 from fbseg.pipeline import postprocess
 from fbseg.pipeline.config import DEFAULTS, Refinement
 from fbseg.pipeline.crop import CropModel, crop_logits
@@ -277,8 +277,8 @@ class CpuTensorWatch(TorchDispatchMode):
         return len(self._made_on_host)
 
 
-HOSTS_ON_META = ["maskclip", "sclip", "clearclip", "naclip", "proxyclip"]
-PROXIES_ON_META = ["dinov2", "sam", "mae"]  # DINO is the proxyclip entry above
+HOSTS_ON_META = HOSTS.names()  # every registered host (ProxyCLIP with DINO)
+PROXIES_ON_META = ["dinov2", "sam", "mae"]  # the other proxy families
 
 
 @pytest.mark.parametrize("proxy_name", PROXIES_ON_META)
@@ -303,7 +303,6 @@ def test_a_forward_makes_no_cpu_tensor_once_warm(host_name, tiny_clip, dino_ckpt
     which builds and keeps constants such as NACLIP's Gaussian on the device — a window
     batch, its stitching and the post-processing touch no CPU tensor, but for one queued
     upload of the window counts per call."""
-    from fbseg.hosts import HOSTS
     from fbseg.hosts.base import HostOptions
 
     host = (
