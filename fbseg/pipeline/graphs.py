@@ -186,7 +186,8 @@ class GraphedForwards:
         try:
             recorded = self._recorder(forward, inputs)
         except Exception as exc:  # noqa: BLE001 - any failure: this key runs as before
-            log.warning("CUDA graph not recorded (%s); this batch shape runs without one", exc)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("CUDA graph not recorded (%s); this batch shape runs without one", reason)
             recorded = None
         self._recorded[full_key] = recorded
         return recorded
