@@ -92,15 +92,20 @@ class Recorder(Protocol):
 
 
 class CudaGraphRecorder:
-    """``torch.cuda.CUDAGraph`` recordings sharing one memory pool.
+    """``torch.cuda.CUDAGraph`` recordings on one GPU, sharing one memory pool and one
+    recording stream.
 
     Sharing is safe here: replays run one at a time on the caller's stream, and each output is
     copied before the next replay may reuse the memory another recording's output sits in.
-    The capture mode is "thread_local", so decoder threads that pin host memory meanwhile are
-    not taken for part of the recording."""
+    Recording and replaying happen with ``device`` made current, whichever GPU the calling
+    thread has current. The capture mode is "thread_local", so decoder threads that pin host
+    memory meanwhile are not taken for part of the recording."""
 
-    def __init__(self) -> None:
-        self.pool = torch.cuda.graph_pool_handle()
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        with torch.cuda.device(device):
+            self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream()
 
     def __call__(
         self, forward: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...]
@@ -108,10 +113,18 @@ class CudaGraphRecorder:
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         reads = ExternalInputs()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            with reads:
-                output = forward(*static)
-        return Recorded(graph.replay, static, output, reads.kept)
+        with torch.cuda.device(self.device):
+            with torch.cuda.graph(
+                graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+            ):
+                with reads:
+                    output = forward(*static)
+
+        def replay() -> None:
+            with torch.cuda.device(self.device):
+                graph.replay()
+
+        return Recorded(replay, static, output, reads.kept)
 
 
 _MISSING = object()
@@ -182,7 +195,7 @@ class GraphedForwards:
         self, full_key: Hashable, forward: Callable[..., torch.Tensor], inputs: tuple
     ) -> Recorded | None:
         if self._recorder is None:
-            self._recorder = CudaGraphRecorder()
+            self._recorder = CudaGraphRecorder(inputs[0].device)
         try:
             recorded = self._recorder(forward, inputs)
         except Exception as exc:  # noqa: BLE001 - any failure: this key runs as before
