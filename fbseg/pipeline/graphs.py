@@ -1,6 +1,6 @@
 """Window-batch forwards replayed as CUDA graphs.
 
-Beside a GPU a ProxyCLIP forward of 8 windows makes about 450 kernel launches one by one,
+Beside a GPU a ProxyCLIP forward of 8 windows makes about 370 kernel launches one by one,
 and the host making them, not the GPU, limits the model (on an H100: 8.7 ms of host work per
 image against 0.6 ms waiting for the device). A CUDA graph records a forward's launches once
 and replays them with one call. A forward's shapes are fixed by the window batch (its size
