@@ -17,6 +17,7 @@ keeps every such tensor it reads alive (``ExternalInputs``), whatever the caches
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -113,12 +114,18 @@ class CudaGraphRecorder:
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         reads = ExternalInputs()
-        with torch.cuda.device(self.device):
-            with torch.cuda.graph(
-                graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
-            ):
-                with reads:
-                    output = forward(*static)
+        collecting = gc.isenabled()
+        gc.disable()  # no finalizers (freeing pinned host memory, say) amid the recording
+        try:
+            with torch.cuda.device(self.device):
+                with torch.cuda.graph(
+                    graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+                ):
+                    with reads:
+                        output = forward(*static)
+        finally:
+            if collecting:
+                gc.enable()
 
         def replay() -> None:
             with torch.cuda.device(self.device):
