@@ -10,6 +10,7 @@ run of benchmarks/bench_throughput.py.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -166,6 +167,24 @@ def test_a_failed_recording_is_reported_once_and_its_key_runs_as_is(caplog):
     warnings = [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()]
     assert len(warnings) == 1 and "not permitted when stream is capturing)" in warnings[0]
     assert "\n" not in warnings[0]  # the reason's first line only
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_no_garbage_collection_while_recording(fail):
+    """A collection amid a recording could run finalizers that touch the device; it is off
+    while recording and back on after, whether the recording worked or not."""
+    seen = []
+
+    class Watching(ReplayOnBuffers):
+        def __call__(self, forward, inputs):
+            seen.append(gc.isenabled())
+            return super().__call__(forward, inputs)
+
+    graphs = GraphedForwards(Watching(fail=fail))
+    assert gc.isenabled()
+    for _ in range(2):
+        graphs.run("k", doubled_plus, torch.ones(2), torch.zeros(1))
+    assert seen == [False] and gc.isenabled()
 
 
 def test_clear_drops_the_recordings():

@@ -114,18 +114,12 @@ class CudaGraphRecorder:
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         reads = ExternalInputs()
-        collecting = gc.isenabled()
-        gc.disable()  # no finalizers (freeing pinned host memory, say) amid the recording
-        try:
-            with torch.cuda.device(self.device):
-                with torch.cuda.graph(
-                    graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
-                ):
-                    with reads:
-                        output = forward(*static)
-        finally:
-            if collecting:
-                gc.enable()
+        with torch.cuda.device(self.device):
+            with torch.cuda.graph(
+                graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
+            ):
+                with reads:
+                    output = forward(*static)
 
         def replay() -> None:
             with torch.cuda.device(self.device):
@@ -203,12 +197,17 @@ class GraphedForwards:
     ) -> Recorded | None:
         if self._recorder is None:
             self._recorder = CudaGraphRecorder(inputs[0].device)
+        collecting = gc.isenabled()
+        gc.disable()  # no finalizers (freeing pinned host memory, say) amid the recording
         try:
             recorded = self._recorder(forward, inputs)
         except Exception as exc:  # noqa: BLE001 - any failure: this key runs as before
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.warning("CUDA graph not recorded (%s); this batch shape runs without one", reason)
             recorded = None
+        finally:
+            if collecting:
+                gc.enable()
         self._recorded[full_key] = recorded
         return recorded
 
