@@ -27,6 +27,7 @@ kernel, model-only rows (with ``--windows``, at those window batches too) and th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import sys
@@ -119,8 +120,7 @@ def model_only(seg, prepared, classes, per_call: int) -> dict:
     """Images/s of segment_batch on prepared images, per_call images per call, warm: the
     same calls are made once untimed first (a new window-batch shape costs a GPU library
     its plan once, which a long run pays once), then timed."""
-    for start in range(0, len(prepared), per_call):  # warm-up: shapes, kernels, caches, text
-        seg.segment_batch(prepared[start : start + per_call], classes)
+    all_results(seg, prepared, classes, per_call)  # warm-up: shapes, kernels, caches, text
     _sync(seg.device)
     _reset_peak(seg.device)
     t0 = time.perf_counter()
@@ -494,6 +494,9 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             if graphs:
                 graph_rows(args, seg, prepared, classes, flops, report, host)
             continue
+        # ``segment DIR`` at a group size and settings: every folder row of this host
+        folder_run = functools.partial(end_to_end, seg, folder_x2, classes, tmp / "out")
+
         report["kernels"][host] = top_kernels(seg, prepared, classes, max(args.batches))
         default_group = default_images_per_call(device) if default_images_per_call else None
         from fbseg.pipeline.device import (
@@ -520,15 +523,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 from fbseg.runs.outputs import MaskMode
 
                 outputs = {"masks": MaskMode.PER_CLASS}
-            r = end_to_end(
-                seg,
-                folder_x2,
-                classes,
-                tmp / "out",
-                default_group,
-                writer_processes=processes,
-                **outputs,
-            )
+            r = folder_run(default_group, writer_processes=processes, **outputs)
             _add(
                 report,
                 {
@@ -546,15 +541,8 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
         if processes:  # the same with writer threads
             others += [(default_group, None, False, None)]
         for group, threads, write_apart, read_apart in others:
-            r = end_to_end(
-                seg,
-                folder_x2,
-                classes,
-                tmp / "out",
-                group,
-                io_threads=threads,
-                writer_processes=write_apart,
-                reader_processes=read_apart,
+            r = folder_run(
+                group, io_threads=threads, writer_processes=write_apart, reader_processes=read_apart
             )
             what = f"segment DIR (group {group}"
             what += f", {threads} readers" if threads else ""
@@ -562,16 +550,9 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             what += ", writer threads)" if write_apart is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         if graphs:  # model only, then the default run, its forwards replayed as CUDA graphs
-            graph_rows(args, seg, prepared, classes, flops, report, host)
+            graph_best = graph_rows(args, seg, prepared, classes, flops, report, host)
             with_graphs(seg)
-            r = end_to_end(
-                seg,
-                folder_x2,
-                classes,
-                tmp / "out",
-                default_group,
-                writer_processes=processes,
-            )
+            r = folder_run(default_group, writer_processes=processes)
             seg.graphs = None
             _add(
                 report,
@@ -579,10 +560,10 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "host": host,
                     "what": f"segment DIR, CUDA graphs (group {default_group})",
                     **r,
-                    "of_model": r["images_per_s"] / report["graph_best"][host],
+                    "of_model": r["images_per_s"] / graph_best,
                 },
             )
-        del seg
+        del seg, folder_run  # the model's memory goes before the reference form's
         if not args.no_reference:
             ref = _segmenter(args, host, reference=True)
             r = model_only(ref, prepared[: max(4, len(prepared) // 4)], classes, 1)
@@ -603,6 +584,7 @@ def with_graphs(seg) -> None:
 
 
 def all_results(seg, prepared, classes, per_call: int) -> list:
+    """Every prepared image's result, ``per_call`` images per ``segment_batch`` call."""
     return [
         r
         for start in range(0, len(prepared), per_call)
@@ -610,10 +592,10 @@ def all_results(seg, prepared, classes, per_call: int) -> list:
     ]
 
 
-def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: str) -> None:
+def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: str) -> float:
     """Model-only rows with the forwards replayed as CUDA graphs, and how their results
     compare with the forwards run one kernel at a time (the same kernels on the same inputs:
-    equal labels are expected)."""
+    equal labels are expected). Returns the best of those rows' images/s."""
     per_call = max(args.batches)
     eager = all_results(seg, prepared, classes, per_call)
     with_graphs(seg)
@@ -653,7 +635,7 @@ def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: s
                 report,
                 {"host": host, "what": what, **r, "tflops": flops * r["images_per_s"] / 1e12},
             )
-        report.setdefault("graph_best", {})[host] = best
+        return best
     finally:
         seg.graphs = None
 
