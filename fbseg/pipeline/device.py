@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,18 +18,26 @@ from fbseg.pipeline.config import (
     WRITER_PROCESSES,
 )
 
+T = TypeVar("T")
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def for_device(table: dict[str, T], device: torch.device) -> T:
+    """A per-device-type default from one of ``pipeline.config``'s tables; a device type the
+    table does not name takes the CPU's."""
+    return table.get(device.type, table["cpu"])
 
 
 def default_images_per_call(device: torch.device) -> int:
     """``--batch`` when not given (``IMAGES_PER_CALL``)."""
-    return IMAGES_PER_CALL.get(device.type, IMAGES_PER_CALL["cpu"])
+    return for_device(IMAGES_PER_CALL, device)
 
 
 def default_io_threads(device: torch.device) -> int:
     """Decoder threads beside the model, and writer threads where writers are threads
     (``IO_THREADS``)."""
-    return IO_THREADS.get(device.type, IO_THREADS["cpu"])
+    return for_device(IO_THREADS, device)
 
 
 def default_writer_process_count(device: torch.device) -> int:
@@ -50,12 +59,12 @@ def usable_cores() -> int:
 
 def default_writer_processes(device: torch.device) -> bool:
     """Whether a folder run writes through processes beside this device (``WRITER_PROCESSES``)."""
-    return WRITER_PROCESSES.get(device.type, WRITER_PROCESSES["cpu"])
+    return for_device(WRITER_PROCESSES, device)
 
 
 def default_reader_processes(device: torch.device) -> bool:
     """Whether a folder run decodes through processes beside this device (``READER_PROCESSES``)."""
-    return READER_PROCESSES.get(device.type, READER_PROCESSES["cpu"])
+    return for_device(READER_PROCESSES, device)
 
 
 def resolve_device(device: str) -> torch.device:
