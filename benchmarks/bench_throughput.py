@@ -292,8 +292,10 @@ def end_to_end(
         return run
 
     def written(entry):  # the writer (thread or process) reports its own seconds
-        if entry.write.exception() is None:
+        try:
             busy["write"] += entry.write.result()[1]
+        except Exception:  # a write that failed is the stream's to report
+            pass
         return stream_written(entry)
 
     stream_written = stream._written

@@ -508,10 +508,11 @@ def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
     assert (tmp_path / "out" / "im4.mask.png").exists()  # a new writer took the rest
 
 
-def test_reader_processes_decode_what_reader_threads_decode(tmp_path):
+@pytest.mark.parametrize("group", [2, 5])  # a process decodes 1 or 3 images per message
+def test_reader_processes_decode_what_reader_threads_decode(tmp_path, group):
     """Beside a GPU images are decoded in worker processes: the same pixels reach the model,
-    in order, every bad file fails alone with the same one-line reason, and stdin (open in
-    this process only) is read here."""
+    in order, every bad file fails alone with the same one-line reason (also among the
+    images of one message), and stdin (open in this process only) is read here."""
     good = bad_folder(tmp_path / "in")
     items = collect_inputs([str(tmp_path / "in"), "-"]).items
     stdin_bytes = (ASSETS / "cat.jpg").read_bytes()
@@ -531,7 +532,7 @@ def test_reader_processes_decode_what_reader_threads_decode(tmp_path):
                 segment_batch,
                 OutputOptions(out_dir=tmp_path / f"out-{processes}"),
                 stdin_reader=lambda: stdin_bytes,
-                images_per_group=2,
+                images_per_group=group,
                 io_threads=2,
                 writer_processes=processes,
                 reader_processes=processes,
@@ -571,6 +572,62 @@ def test_a_reader_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
     assert statuses == [ItemStatus.DONE] * 2 + [ItemStatus.FAILED] + [ItemStatus.DONE] * 2
     assert outcomes[2].reason.startswith("crash.png: not read: a reader process ended")
     assert (tmp_path / "out" / "im3.mask.png").exists()  # a new reader took the rest
+
+
+def test_worker_processes_take_a_share_of_a_group_per_message(tmp_path, monkeypatch):
+    """A reader or writer process gets its share of a group in one message (few hand-offs
+    for the interpreter lock), and one that dies with several images is asked again for
+    each alone: only the image that ended it fails, its share-mates are done."""
+    from fbseg.runs.inputs import InputItem
+    from fbseg.runs.worker_pool import WorkerPool
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        Image.fromarray(random_image(10 + i, 12, seed=i)).save(src / f"im{i}.png")
+    items = collect_inputs([str(src)]).items
+    crash = InputItem(_EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
+    messages = []
+    submit = WorkerPool.submit
+
+    def spy(pool, fn, jobs, *args):
+        messages.append((fn.__name__, len(jobs)))
+        return submit(pool, fn, jobs, *args)
+
+    monkeypatch.setattr(WorkerPool, "submit", spy)
+
+    def segment_batch(payloads):
+        results = [_fake_result(p) for p in payloads]
+        for r in results:
+            if r.labels.shape == (15, 12):  # im5: ends the writer process that reads it
+                r.meta["crash"] = _EndsTheProcessThatReadsIt()
+        return results
+
+    outcomes = list(
+        stream_items(
+            [items[0], crash, *items[1:]],
+            segment_batch,
+            OutputOptions(out_dir=tmp_path / "out"),
+            images_per_group=4,
+            io_threads=2,
+            writers=2,
+            writer_processes=True,
+            reader_processes=True,
+        )
+    )
+    statuses = [o.status for o in outcomes]
+    done, failed = ItemStatus.DONE, ItemStatus.FAILED
+    assert statuses == [done, failed] + [done] * 4 + [failed, done]
+    assert outcomes[1].reason.startswith("crash.png: not read: a reader process ended")
+    assert "im5.png: not written: a writer process ended" in outcomes[6].reason
+    for i in (0, 4):  # each shared a message with the image that ended its process
+        assert (tmp_path / "out" / f"im{i}.mask.png").exists()
+    reads = sorted(n for fn, n in messages if fn == "read_inputs")
+    writes = sorted(n for fn, n in messages if fn == "write_images")
+    # shares of 2: [im0, crash] died and was asked again image by image; im1..im6 in pairs
+    assert reads == [1, 1, 2, 2, 2, 2]
+    # groups [im0..im3] and [im4..im6] in shares of 2: [im4, im5] died, then each alone
+    assert writes == [1, 1, 1, 2, 2, 2]
 
 
 @pytest.mark.parametrize(

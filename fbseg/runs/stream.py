@@ -3,9 +3,12 @@ file reported and the run going on."""
 
 from __future__ import annotations
 
+import functools
+import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -62,52 +65,106 @@ class _Loaded:
 _END = object()
 
 
+def _read_failure(item: InputItem, exc: BaseException) -> str:
+    """The one-line reason an image could not be read, wherever it was decoded."""
+    if isinstance(exc, InputError):
+        return exc.one_line()
+    if isinstance(exc, WorkerDied):
+        return f"{item.display}: not read: {exc}"
+    return f"{item.display}: cannot read ({exc})"
+
+
+def read_inputs(
+    items: Sequence[InputItem], stdin_reader: Callable[[], bytes] | None = None
+) -> list[np.ndarray | str]:
+    """Each item's pixels, (H, W, 3) uint8, or the one-line reason it could not be read:
+    one call decodes several images (a reader process gets them in one message)."""
+    decoded: list[np.ndarray | str] = []
+    for item in items:
+        try:
+            decoded.append(read_input(item, stdin_reader))
+        except Exception as exc:  # never let one file stop the others
+            decoded.append(_read_failure(item, exc))
+    return decoded
+
+
 def _decode(
-    item: InputItem, stdin_reader: Callable[[], bytes] | None, readers: Executor | None
-) -> np.ndarray:
-    """An item's pixels, (H, W, 3) uint8: decoded by a reader process where the run has them
-    (stdin is read here, where it is open), else in this thread."""
-    if readers is None or item.path is None:
-        return read_input(item, stdin_reader)
-    return readers.submit(read_input, item).result()
+    items: Sequence[InputItem],
+    stdin_reader: Callable[[], bytes] | None,
+    readers: Executor | None,
+) -> list[np.ndarray | str]:
+    """``read_inputs`` for items in order: in one call to a reader process where the run has
+    them (stdin is read here, where it is open), else in this thread. A reader process that
+    dies with several images is asked again for each alone, so only the image that ended it
+    fails."""
+    if readers is None:
+        return read_inputs(items, stdin_reader)
+    decoded: list[np.ndarray | str | None] = [None] * len(items)
+    here = [i for i, item in enumerate(items) if item.path is None]
+    away = [i for i, item in enumerate(items) if item.path is not None]
+    for i, px in zip(here, read_inputs([items[i] for i in here], stdin_reader)):
+        decoded[i] = px
+    calls = [[i] for i in away]
+    if len(away) > 1:
+        try:
+            for i, px in zip(away, readers.submit(read_inputs, [items[i] for i in away]).result()):
+                decoded[i] = px
+            calls = []
+        except WorkerDied:
+            pass
+    for (i,) in calls:
+        try:
+            decoded[i] = readers.submit(read_inputs, [items[i]]).result()[0]
+        except WorkerDied as exc:  # that image fails; a new reader takes the next ones
+            decoded[i] = _read_failure(items[i], exc)
+    return decoded
 
 
 def _load(
-    item: InputItem,
+    items: Sequence[InputItem],
     opts: OutputOptions,
     prepare: Callable[[np.ndarray], object],
     stdin_reader: Callable[[], bytes] | None,
     readers: Executor | None = None,
-) -> _Loaded:
-    """One item decoded and prepared, or already decided (outputs exist, unreadable)."""
-    paths = output_paths(item, opts)
-    entry = _Loaded(item, paths)
-    if not opts.overwrite and all(p.exists() for p in paths.values()):
-        entry.outcome = ItemOutcome(
-            item, ItemStatus.SKIPPED, "outputs exist", {k: str(p) for k, p in paths.items()}
-        )
-        return entry
-    try:
-        entry.rgb = _decode(item, stdin_reader, readers)
-        entry.payload = prepare(entry.rgb)
-    except InputError as exc:
-        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, exc.one_line())
-    except WorkerDied as exc:  # that image fails; a new reader takes the next ones
-        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: not read: {exc}")
-    except Exception as exc:  # never let one file stop the run
-        entry.outcome = ItemOutcome(item, ItemStatus.FAILED, f"{item.display}: cannot read ({exc})")
-    return entry
+) -> list[_Loaded]:
+    """Consecutive items decoded and prepared, or already decided (outputs exist,
+    unreadable)."""
+    entries = [_Loaded(item, output_paths(item, opts)) for item in items]
+    todo = []
+    for entry in entries:
+        if not opts.overwrite and all(p.exists() for p in entry.paths.values()):
+            entry.outcome = ItemOutcome(
+                entry.item,
+                ItemStatus.SKIPPED,
+                "outputs exist",
+                {k: str(p) for k, p in entry.paths.items()},
+            )
+        else:
+            todo.append(entry)
+    for entry, pixels in zip(todo, _decode([e.item for e in todo], stdin_reader, readers)):
+        if isinstance(pixels, str):
+            entry.outcome = ItemOutcome(entry.item, ItemStatus.FAILED, pixels)
+            continue
+        entry.rgb = pixels
+        try:
+            entry.payload = prepare(pixels)
+        except Exception as exc:  # never let one file stop the run
+            entry.outcome = ItemOutcome(
+                entry.item, ItemStatus.FAILED, _read_failure(entry.item, exc)
+            )
+    return entries
 
 
 def _reader(
-    items: Sequence[InputItem],
-    load: Callable[[InputItem], _Loaded],
+    chunks: Sequence[Sequence[InputItem]],
+    load: Callable[[Sequence[InputItem]], list[_Loaded]],
     decoders: ThreadPoolExecutor,
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
-    """Hand items to the decoder threads in order; their futures go, in order, into the
-    bounded queue (so decoding runs ahead of the model on several threads)."""
+    """Hand chunks of consecutive items to the decoder threads in order; their futures go,
+    in order, into the bounded queue (so decoding runs ahead of the model on several
+    threads)."""
 
     def put(obj: object) -> bool:
         while not stop.is_set():
@@ -118,8 +175,8 @@ def _reader(
                 continue
         return False
 
-    for item in items:
-        if stop.is_set() or not put(decoders.submit(load, item)):
+    for chunk in chunks:
+        if stop.is_set() or not put(decoders.submit(load, chunk)):
             return
     put(_END)
 
@@ -139,6 +196,38 @@ def _write_files(
     except OutputError as exc:
         return exc.one_line(), time.perf_counter() - t0
     return None, time.perf_counter() - t0
+
+
+WriteJob = tuple[InputItem, dict[str, Path], "np.ndarray | None", SegmentationResult]
+
+
+def write_images(jobs: Sequence[WriteJob], opts: OutputOptions) -> list[tuple[str | None, float]]:
+    """``_write_files`` for several images: one call to a writer (one message to a writer
+    process) writes them all, each with its own failure reason and seconds."""
+    return [_write_files(*job, opts) for job in jobs]
+
+
+@dataclass
+class _PendingWrite:
+    """One image's place in a writer call that may hold several images."""
+
+    call: Future  # → (failure reason or None, seconds) for each image of the call
+    index: int
+    alone: Callable[[], Future] | None  # this image's write by itself; None: it was alone
+    retried: Future | None = None
+
+    def result(self) -> tuple[str | None, float]:
+        """Wait for this image's write. When a writer process died with several images,
+        this one is written again alone (once; finished files count as written), so only
+        the image that ended the process fails."""
+        try:
+            return self.call.result()[self.index]
+        except WorkerDied:
+            if self.alone is None:
+                raise
+        if self.retried is None:
+            self.retried = self.alone()
+        return self.retried.result()[0]
 
 
 def _written(entry: _Loaded) -> ItemOutcome:
@@ -170,17 +259,33 @@ def _writers(count: int, processes: bool) -> Executor:
     return ThreadPoolExecutor(max_workers=count, thread_name_prefix="fbseg-write")
 
 
-def _submit_write(writer: Executor, entry: _Loaded, opts: OutputOptions, processes: bool) -> None:
-    """Hand one image's outputs to a writer. A process gets the image's pixels only when an
-    output shows them, and the probabilities only for ``save_probs`` (formed here first if
-    the engine left them on its device)."""
-    rgb = entry.rgb
-    if processes:
-        if not (opts.overlay or opts.compare):
-            rgb = None
-        if opts.save_probs:
-            entry.result.probs  # noqa: B018 (formed on this side, where the device is)
-    entry.write = writer.submit(_write_files, entry.item, entry.paths, rgb, entry.result, opts)
+def _submit_writes(
+    writer: Executor, entries: list[_Loaded], opts: OutputOptions, processes: bool, per_call: int
+) -> None:
+    """Hand the images' outputs to the writers, ``per_call`` images per call. A process gets
+    an image's pixels only when an output shows them, and the probabilities only for
+    ``save_probs`` (formed here first if the engine left them on its device)."""
+    jobs = []
+    for entry in entries:
+        rgb = entry.rgb
+        if processes:
+            if not (opts.overlay or opts.compare):
+                rgb = None
+            if opts.save_probs:
+                entry.result.probs  # noqa: B018 (formed on this side, where the device is)
+        jobs.append((entry.item, entry.paths, rgb, entry.result))
+    for start in range(0, len(jobs), per_call):
+        part = jobs[start : start + per_call]
+        call = writer.submit(write_images, part, opts)
+        for k, entry in enumerate(entries[start : start + per_call]):
+            alone = None
+            if len(part) > 1:
+                alone = functools.partial(writer.submit, write_images, [part[k]], opts)
+            entry.write = _PendingWrite(call, k, alone)
+
+
+def _chunked(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _segment_group(todo: list[_Loaded], segment_batch: Callable[[list], list]) -> list[tuple]:
@@ -225,24 +330,43 @@ def stream_items(
     ``reader_processes``: worker processes decode, and the threads only run ``prepare``),
     the caller's thread runs ``segment_batch`` on groups of ``images_per_group`` prepared
     images, and ``writers`` (default ``io_threads``) writer threads render and write outputs
-    (``writer_processes``: worker processes instead). An item whose outputs all exist is
-    skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started are
-    finished and reported, then KeyboardInterrupt is raised again.
+    (``writer_processes``: worker processes instead). Worker processes get their images in
+    shares of a group, one message each way per share, so few hand-offs compete with the
+    thread that drives the model for the interpreter lock. An item whose outputs all exist
+    is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started
+    are finished and reported, then KeyboardInterrupt is raised again.
     """
+    # images per reader call and per writer call: a group's share of each process; a thread
+    # takes one at a time (its hand-offs are cheap, and one image spreads the work best)
+    per_read = math.ceil(images_per_group / io_threads) if reader_processes else 1
+    writers = writers or io_threads
+    per_write = math.ceil(images_per_group / writers) if writer_processes else 1
     ahead = max(1, prefetch, 2 * io_threads, images_per_group + io_threads)
-    loaded: queue.Queue = queue.Queue(maxsize=ahead)
+    loaded: queue.Queue = queue.Queue(maxsize=math.ceil(ahead / per_read))
     stop = threading.Event()
     decoders = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-read")
     readers = WorkerPool(io_threads, role="reader") if reader_processes else None
 
-    def load(item: InputItem) -> _Loaded:
-        return _load(item, opts, prepare, stdin_reader, readers)
+    def load(chunk: Sequence[InputItem]) -> list[_Loaded]:
+        return _load(chunk, opts, prepare, stdin_reader, readers)
 
     reader = threading.Thread(
-        target=_reader, daemon=True, args=(items, load, decoders, loaded, stop)
+        target=_reader,
+        daemon=True,
+        args=(_chunked(items, per_read), load, decoders, loaded, stop),
     )
-    writer = _writers(writers or io_threads, writer_processes)
+    writer = _writers(writers, writer_processes)
+    ready: deque[_Loaded] = deque()
     in_flight: list[_Loaded] = []
+
+    def next_loaded() -> _Loaded | None:
+        """The next item from the readers, in order; None after the last."""
+        while not ready:
+            pending = loaded.get()
+            if pending is _END:
+                return None
+            ready.extend(pending.result())
+        return ready.popleft()
 
     def finished(entry: _Loaded) -> ItemOutcome:
         return entry.outcome if entry.write is None else _written(entry)
@@ -254,19 +378,22 @@ def stream_items(
         while not ended:
             group: list[_Loaded] = []
             while sum(e.outcome is None for e in group) < images_per_group:
-                pending = loaded.get()
-                if pending is _END:
+                entry = next_loaded()
+                if entry is None:
                     ended = True
                     break
-                group.append(pending.result())
-            todo = [e for e in group if e.outcome is None]
-            for entry, result in _segment_group(todo, segment_batch):
+                group.append(entry)
+            segmented = []
+            for entry, result in _segment_group(
+                [e for e in group if e.outcome is None], segment_batch
+            ):
                 entry.payload = None  # free the prepared tensor early
                 if isinstance(result, ItemOutcome):
                     entry.outcome = result
                 else:
                     entry.result = result
-                    _submit_write(writer, entry, opts, writer_processes)
+                    segmented.append(entry)
+            _submit_writes(writer, segmented, opts, writer_processes, per_write)
             while in_flight:  # the previous group's writes ran while the model worked
                 yield finished(in_flight.pop(0))
             in_flight = group
