@@ -5,6 +5,7 @@
 # except SAM 3 (skipped unless its weights are in the Hugging Face cache).
 #
 #   BASE=/path/to/older/checkout sh benchmarks/gpu_all.sh   # also that tree's model-only rates
+#   STREAM_BASE=/path/to/older/checkout ...   # also that tree's folder-run cost (bench_stream)
 #   DEVICE=cpu IMAGES=2 BATCHES="1 2" HOSTS=naclip sh benchmarks/gpu_all.sh   # a dry run
 #
 # Where open_clip, ftfy, wcwidth (and this project's pins of timm, typer, rich) are not
@@ -33,3 +34,10 @@ $PY benchmarks/bench_memory.py --device "$DEVICE" --json "$OUT/memory.json" 2>&1
 # shellcheck disable=SC2086
 $PY benchmarks/bench_precision.py --device "$DEVICE" --hosts $HOSTS --json "$OUT/precision.json" 2>&1 \
     | tee "$OUT/precision.txt"
+# the folder run's own cost in the process that drives the model, on this machine's cores
+$PY benchmarks/bench_stream.py --no-threads --repeats 2 --busy-ops 300 --json "$OUT/stream.json" 2>&1 \
+    | tee "$OUT/stream.txt"
+if [ -n "$STREAM_BASE" ]; then
+    $PY benchmarks/bench_stream.py --no-threads --repeats 2 --busy-ops 300 --tree "$STREAM_BASE" \
+        --json "$OUT/stream-base.json" 2>&1 | tee "$OUT/stream-base.txt"
+fi
