@@ -630,6 +630,35 @@ def test_worker_processes_take_a_share_of_a_group_per_message(tmp_path, monkeypa
     assert writes == [1, 1, 1, 2, 2, 2]
 
 
+def test_a_write_share_whose_process_died_is_retried_alone_while_the_writers_are_open():
+    from concurrent.futures import Future
+
+    from fbseg.runs.stream import _PendingWrite
+    from fbseg.runs.worker_pool import WorkerDied
+
+    died: Future = Future()
+    died.set_exception(WorkerDied("a writer process ended unexpectedly"))
+    retries = []
+
+    def alone() -> Future:
+        retries.append(1)
+        done: Future = Future()
+        done.set_result([(None, 0.25)])
+        return done
+
+    pending = _PendingWrite(died, 1, alone)
+    assert pending.result() == (None, 0.25) and pending.result() == (None, 0.25)
+    assert len(retries) == 1  # asked again once, however often the outcome is read
+
+    def closed() -> Future:
+        raise RuntimeError("cannot submit to a pool that was shut down")
+
+    with pytest.raises(WorkerDied):  # after Ctrl-C: the image fails as "not written"
+        _PendingWrite(died, 1, closed).result()
+    with pytest.raises(WorkerDied):  # it was alone in its message: nothing to retry
+        _PendingWrite(died, 0, None).result()
+
+
 @pytest.mark.parametrize(
     ("device", "cores", "ranks", "expected"),
     [

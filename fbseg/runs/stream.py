@@ -219,14 +219,18 @@ class _PendingWrite:
     def result(self) -> tuple[str | None, float]:
         """Wait for this image's write. When a writer process died with several images,
         this one is written again alone (once; finished files count as written), so only
-        the image that ended the process fails."""
+        the image that ended the process fails; after Ctrl-C the writers are closed, and
+        the death is this image's too."""
         try:
             return self.call.result()[self.index]
-        except WorkerDied:
+        except WorkerDied as died:
             if self.alone is None:
                 raise
-        if self.retried is None:
-            self.retried = self.alone()
+            if self.retried is None:
+                try:
+                    self.retried = self.alone()
+                except RuntimeError:  # the writers were shut down
+                    raise died from None
         return self.retried.result()[0]
 
 
