@@ -93,31 +93,34 @@ def _decode(
     stdin_reader: Callable[[], bytes] | None,
     readers: Executor | None,
 ) -> list[np.ndarray | str]:
-    """``read_inputs`` for items in order: in one call to a reader process where the run has
-    them (stdin is read here, where it is open), else in this thread. A reader process that
-    dies with several images is asked again for each alone, so only the image that ended it
-    fails."""
+    """``read_inputs`` for items in order: in a reader process where the run has them
+    (stdin is read here, where it is open), else in this thread."""
     if readers is None:
         return read_inputs(items, stdin_reader)
     decoded: list[np.ndarray | str | None] = [None] * len(items)
-    here = [i for i, item in enumerate(items) if item.path is None]
-    away = [i for i, item in enumerate(items) if item.path is not None]
-    for i, px in zip(here, read_inputs([items[i] for i in here], stdin_reader)):
-        decoded[i] = px
-    calls = [[i] for i in away]
-    if len(away) > 1:
-        try:
-            for i, px in zip(away, readers.submit(read_inputs, [items[i] for i in away]).result()):
-                decoded[i] = px
-            calls = []
-        except WorkerDied:
-            pass
-    for (i,) in calls:
-        try:
-            decoded[i] = readers.submit(read_inputs, [items[i]]).result()[0]
-        except WorkerDied as exc:  # that image fails; a new reader takes the next ones
-            decoded[i] = _read_failure(items[i], exc)
+    away = []
+    for i, item in enumerate(items):
+        if item.path is None:
+            decoded[i] = read_inputs([item], stdin_reader)[0]
+        else:
+            away.append(i)
+    for i, pixels in zip(away, _read_away([items[i] for i in away], readers)):
+        decoded[i] = pixels
     return decoded
+
+
+def _read_away(items: Sequence[InputItem], readers: Executor) -> list[np.ndarray | str]:
+    """``read_inputs`` in a reader process, one message for all ``items``. A process that
+    dies with several images is asked again for each alone, so only the image that ended
+    it fails (a new reader takes the next ones)."""
+    if not items:
+        return []
+    try:
+        return readers.submit(read_inputs, items).result()
+    except WorkerDied as exc:
+        if len(items) == 1:
+            return [_read_failure(items[0], exc)]
+    return [pixels for item in items for pixels in _read_away([item], readers)]
 
 
 def _load(
