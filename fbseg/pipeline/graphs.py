@@ -94,7 +94,7 @@ class Recorder(Protocol):
 
 class CudaGraphRecorder:
     """``torch.cuda.CUDAGraph`` recordings on one GPU, sharing one memory pool and one
-    recording stream.
+    recording stream, each after one run of the forward on that stream (PyTorch's advice).
 
     Sharing is safe here: replays run one at a time on the caller's stream, and each output is
     copied before the next replay may reuse the memory another recording's output sits in.
@@ -115,6 +115,12 @@ class CudaGraphRecorder:
         graph = torch.cuda.CUDAGraph()
         reads = ExternalInputs()
         with torch.cuda.device(self.device):
+            # one run on the recording stream first: what a library sets up lazily for each
+            # stream (cuBLAS workspaces and handles) is set up there, not amid the recording
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                forward(*static)
+            torch.cuda.current_stream().wait_stream(self.stream)
             with torch.cuda.graph(
                 graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"
             ):
