@@ -272,26 +272,25 @@ def _submit_writes(
     """Hand the images' outputs to the writers, ``per_call`` images per call. A process gets
     an image's pixels only when an output shows them, and the probabilities only for
     ``save_probs`` (formed here first if the engine left them on its device)."""
-    jobs = []
-    for entry in entries:
-        rgb = entry.rgb
-        if processes:
-            if not (opts.overlay or opts.compare):
-                rgb = None
-            if opts.save_probs:
+    shows_pixels = not processes or opts.overlay or opts.compare
+    for share in _chunked(entries, per_call):
+        jobs = []
+        for entry in share:
+            if processes and opts.save_probs:
                 entry.result.probs  # noqa: B018 (formed on this side, where the device is)
-        jobs.append((entry.item, entry.paths, rgb, entry.result))
-    for start in range(0, len(jobs), per_call):
-        part = jobs[start : start + per_call]
-        call = writer.submit(write_images, part, opts)
-        for k, entry in enumerate(entries[start : start + per_call]):
+            jobs.append(
+                (entry.item, entry.paths, entry.rgb if shows_pixels else None, entry.result)
+            )
+        call = writer.submit(write_images, jobs, opts)
+        for k, (entry, job) in enumerate(zip(share, jobs)):
             alone = None
-            if len(part) > 1:
-                alone = functools.partial(writer.submit, write_images, [part[k]], opts)
+            if len(jobs) > 1:
+                alone = functools.partial(writer.submit, write_images, [job], opts)
             entry.write = _PendingWrite(call, k, alone)
 
 
 def _chunked(items: Sequence, size: int) -> list[Sequence]:
+    """``items`` in consecutive slices of ``size`` (the last may be shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
