@@ -77,7 +77,8 @@ class ImmediateEngine:
             labels = np.zeros((h, w), np.uint8)
             labels[h // 3 : 2 * h // 3] = 1
             stats = np.zeros((3, len(classes)))
-            stats[0, :2] = [labels.size - (labels == 1).sum(), (labels == 1).sum()]
+            ones = int(labels.sum())  # the band's pixels
+            stats[0, :2] = [labels.size - ones, ones]
             stats[1:, :2] = 0.5
             meta = {"timings": {"total_s": 0.0}}
             results.append(
@@ -125,19 +126,16 @@ def one_run(engine, folder: Path, out: Path, classes, outputs: dict, processes: 
     return row
 
 
-def calls_alone(engine, group: int, repeats: int = 15) -> float:
-    """ms per image of ``segment_batch`` calls of ``group`` images outside any run (median)."""
-    from fbseg import parse_classes
-
-    classes = parse_classes(",".join(f"c{i}" for i in range(CLASSES)))
+def calls_alone(engine, classes, group: int, repeats: int = 15) -> float:
+    """ms per image of the engine's busy work in ``segment_batch`` calls of ``group`` images
+    outside any run (median): the same measure as a run's ``call_ms``."""
     image = np.zeros((8, 8, 3), np.uint8)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine.segment_batch([image] * group, classes)
-        times.append((time.perf_counter() - t0) / group)
     engine.calls.clear()
-    return 1000 * statistics.median(times)
+    for _ in range(repeats):
+        engine.segment_batch([image] * group, classes)
+    alone = statistics.median(seconds / images for images, seconds in engine.calls)
+    engine.calls.clear()
+    return 1000 * alone
 
 
 def gpu_run_workers(readers: int | None, writers: int | None) -> tuple[int, int]:
@@ -184,7 +182,7 @@ def main() -> None:
     )
     report: dict = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "rows": []}
     if args.busy_ops:
-        report["call_ms_alone"] = calls_alone(engine, args.group)
+        report["call_ms_alone"] = calls_alone(engine, classes, args.group)
         print(f"engine calls alone: {report['call_ms_alone']:.2f} ms per image")
     header = "| workers | outputs | images/s | CPU ms/image | switches/image | preempted/image |"
     if args.busy_ops:
