@@ -16,9 +16,11 @@ with ``--model-only``, measures only what every version has (``Segmenter.from_pr
 ``prepare``, ``segment_batch``): run it beside a plain run on the same card for a ratio.
 ``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
 device's defaults; ``--windows 8 32`` measures the largest images-per-call setting at other
-window batch sizes. On CUDA each model-only row counts the host's waits for the device in one call
-(``torch.cuda.set_sync_debug_mode``), and the forwards are also measured replayed as CUDA
-graphs (``Segmenter(cuda_graphs=True)``; ``--no-graphs`` leaves them out): how many were
+window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing pass sizes (0:
+image by image), counting that call's operations too. On CUDA each model-only row counts
+the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
+forwards are also measured replayed as CUDA graphs (``Segmenter(cuda_graphs=True)``;
+``--no-graphs`` leaves them out): how many were
 recorded, how their labels and class statistics compare with the forwards run kernel by
 kernel, model-only rows (with ``--windows``, at those window batches too) and the default
 ``segment DIR`` run.
@@ -372,6 +374,14 @@ def main() -> None:
     ap.add_argument("--tree", help="import fbseg from this checkout")
     ap.add_argument("--model-only", action="store_true", help="model-only rows and FLOPs only")
     ap.add_argument("--windows", type=int, nargs="*", default=[], help="other window batches")
+    ap.add_argument(
+        "--post-pass-mb",
+        type=float,
+        nargs="*",
+        default=[],
+        help="model-only rows (and operations per call) at other post-processing pass sizes "
+        "(0: image by image)",
+    )
     ap.add_argument("--groups", type=int, nargs="*", default=[], help="other DIR --batch values")
     ap.add_argument(
         "--io-threads",
@@ -489,6 +499,15 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             )
         report["flops_per_image"] = {**report.get("flops_per_image", {}), host: flops}
         report["operations"][host] = operations_per_call(seg, prepared, classes, max(args.batches))
+        for mb in args.post_pass_mb if hasattr(seg, "post_pass_bytes") else []:
+            keep, seg.post_pass_bytes = seg.post_pass_bytes, int(mb * 2**20)
+            r = model_only(seg, prepared, classes, max(args.batches))
+            what = f"{max(args.batches)}/call, post-processing {mb:g} MB per pass"
+            _add(report, {"host": host, "what": f"model only, {what}", **r})
+            report["operations"][f"{host}, {what}"] = operations_per_call(
+                seg, prepared, classes, max(args.batches)
+            )
+            seg.post_pass_bytes = keep
         # CUDA graphs last (model-only, then the default folder run): rows already printed
         # stay whatever a replay does to the device
         graphs = device.type == "cuda" and hasattr(seg, "graphs") and not args.no_graphs

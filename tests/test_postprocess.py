@@ -373,3 +373,171 @@ def test_class_maximum_matches_a_loop_over_classes(name_to_class):
         ]
     )
     assert torch.equal(class_maximum(per_name, name_to_class), expected)
+
+
+def _naive_post(logits, size, cfg, name_to_class):
+    """One image's probabilities (K, H, W) and labels (H, W), step by step: resize, ×scale,
+    softmax, max over each class's names (``naive.probs_from_logits``), SCLIP's area
+    threshold counted with one mask per class, argmax and threshold, renormalisation."""
+    import naive
+
+    up = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear")[0]
+    probs = naive.probs_from_logits(up, cfg.logit_scale, name_to_class)
+    K = probs.shape[0]
+    if cfg.area_threshold is not None:
+        winner = probs.argmax(0)
+        areas = [float((winner == k).sum()) for k in range(1, K)]
+        for k, area in zip(range(1, K), areas):
+            if not area > cfg.area_threshold * sum(areas):
+                probs[k] = 0.0
+    top, labels = probs.max(0)
+    labels[top < cfg.prob_threshold] = 0
+    if cfg.renormalize:
+        probs = probs / probs.sum(0, keepdim=True)
+    return probs, labels
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"prob_threshold": 0.5},
+        {"area_threshold": 0.2, "logit_scale": 8.0},
+        {"renormalize": True, "prob_threshold": 0.3},
+    ],
+    ids=["plain", "threshold", "area", "renormalize"],
+)
+@pytest.mark.parametrize("pass_bytes", [0, 2 * 5 * 40 * 50 * 4, 2**30], ids=["1", "2", "all"])
+def test_images_side_by_side_are_each_post_processed_as_alone(settings, pass_bytes):
+    """A call's images post-processed in passes of one, about two, or all of them (laid in
+    one row) get each image's own probabilities, labels and statistics: equal to a naive
+    chain over that image alone, SCLIP's area threshold included (each image's own areas)."""
+    from fbseg.pipeline.postprocess import device_results, results_from_device
+
+    name_to_class = [0, 1, 1, 2, 3, 3]
+    cfg = DEFAULTS.replace(**settings)
+    g = torch.Generator().manual_seed(11)
+    sizes = [(40, 50), (31, 57), (45, 38), (12, 70), (40, 50)]
+    stitched = [torch.randn(6, h // 3, w // 3, generator=g) for h, w in sizes]
+    stitched[3][1:] -= 3.0  # an image whose classes but one win little area
+    pending = device_results(stitched, sizes, cfg, name_to_class, pass_bytes=pass_bytes)
+    results = results_from_device(pending, ("a", "b", "c", "d"), (("a",),) * 4)
+    dropped = 0
+    for logits, size, result in zip(stitched, sizes, results):
+        probs, labels = _naive_post(logits, size, cfg, name_to_class)
+        dropped += int((probs.flatten(1).amax(1) == 0).sum())
+        np.testing.assert_array_equal(result.labels, labels.numpy())
+        np.testing.assert_allclose(result.probs, probs.numpy(), rtol=0, atol=1e-6)
+        expected = naive_stats(result.labels, result.probs)
+        np.testing.assert_allclose(result.class_stats, expected, rtol=1e-9, atol=1e-12)
+    if "area_threshold" in settings:
+        assert dropped >= 1  # the test exercises a dropped class
+
+
+def test_compared_and_refined_images_side_by_side_equal_their_segments_alone(tiny_clip):
+    """Through a Segmenter with PAMR and ``compare``: passes of several images give the
+    labels, host-only labels, probabilities and statistics of one image per pass."""
+    seg = naclip(tiny_clip, refine=Refinement.PAMR, pamr_steps=2, prob_threshold=0.3)
+    images = [random_image(50 + 9 * i, 70 + 5 * i, seed=20 + i) for i in range(4)]
+    classes = "cat,sofa; couch,floor"
+    alone = seg.segment_batch(images, classes, compare=True)
+    seg.post_pass_bytes = 2**30
+    together = seg.segment_batch(images, classes, compare=True)
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.baseline_labels, b.baseline_labels)
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.class_stats, b.class_stats, rtol=1e-9, atol=1e-12)
+
+
+def test_passes_hold_consecutive_images_up_to_the_budget():
+    from fbseg.pipeline.postprocess import passes
+
+    assert passes([10, 10, 10, 30, 5], 25) == [range(0, 2), range(2, 3), range(3, 4), range(4, 5)]
+    assert passes([10, 10, 5], 25) == [range(0, 3)]
+    assert passes([3, 4], 0) == [range(0, 1), range(1, 2)]
+    assert passes([], 100) == []
+
+
+class _KernelCount(TorchDispatchMode):
+    """Operations that make a new tensor or write one (views left out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        shares = (
+            first is not None
+            and isinstance(out, torch.Tensor)
+            and func.is_view
+            and out.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        )
+        self.kernels += not shares
+        return out
+
+
+def test_a_pass_makes_its_operations_once_for_all_its_images():
+    """One pass: each further image adds its own resize and its own maximum per class
+    (a few operations), not the whole chain again (a dozen and more)."""
+    from fbseg.pipeline.postprocess import device_results, results_from_device
+
+    name_to_class = [0, 1, 1, 2, 2, 2, 3]
+    g = torch.Generator().manual_seed(3)
+
+    def kernels(n: int, pass_bytes: int) -> int:
+        stitched = [torch.randn(7, 9, 11, generator=g) for _ in range(n)]
+        with _KernelCount() as count:
+            results_from_device(
+                device_results(
+                    stitched, [(27, 33)] * n, DEFAULTS, name_to_class, pass_bytes=pass_bytes
+                ),
+                ("a", "b", "c", "d"),
+                (("a",),) * 4,
+            )
+        return count.kernels
+
+    per_image_alone = (kernels(6, 0) - kernels(2, 0)) / 4
+    per_image_together = (kernels(6, 2**30) - kernels(2, 2**30)) / 4
+    assert per_image_alone >= 12
+    assert per_image_together <= 4
+
+
+def test_a_pass_that_runs_out_of_memory_is_done_again_image_by_image(monkeypatch):
+    """Side by side the images need more memory at once: a pass of several that fails for
+    want of it is redone one image at a time, with the same results; any other error, or
+    one image that does not fit, is raised."""
+    from fbseg.pipeline.postprocess import device_results, results_from_device
+
+    real = postprocess.probabilities_of_resized
+    failures = []
+
+    def tight(logits, config, name_to_class, spans=None):
+        if spans is not None:  # several images at once
+            failures.append(len(spans))
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(logits, config, name_to_class, spans)
+
+    name_to_class = [0, 1, 2]
+    g = torch.Generator().manual_seed(8)
+    stitched = [torch.randn(3, 8, 10, generator=g) for _ in range(3)]
+    sizes = [(16, 20), (24, 30), (16, 21)]
+
+    def labels(pass_bytes: int) -> list[np.ndarray]:
+        pending = device_results(stitched, sizes, DEFAULTS, name_to_class, pass_bytes=pass_bytes)
+        return [r.labels for r in results_from_device(pending, ("a", "b", "c"), (("a",),) * 3)]
+
+    expected = labels(0)
+    monkeypatch.setattr(postprocess, "probabilities_of_resized", tight)
+    for got, want in zip(labels(2**30), expected):
+        np.testing.assert_array_equal(got, want)
+    assert failures == [3]
+
+    def broken(logits, config, name_to_class, spans=None):
+        raise RuntimeError("an unrelated failure")
+
+    monkeypatch.setattr(postprocess, "probabilities_of_resized", broken)
+    with pytest.raises(RuntimeError, match="unrelated"):
+        labels(2**30)

@@ -52,6 +52,16 @@ CUDA_GRAPHS = False
 # B×C×h×w): about 6 windows of 336² with 46 names per call rather than one each, without
 # the whole batch at full resolution.
 STITCH_BYTES = 128 * 2**20
+# The images of a call are post-processed side by side, their per-name logits at full size
+# laid in one row, up to this many bytes of float32 logits per pass, by device type (others
+# as "cpu"): each step (×scale, softmax, name → class maximum, labels, what the statistics
+# need) is then one operation per pass instead of one per image, and beside a GPU each is a
+# kernel launch the host makes (a NACLIP call of 16 images of 300–600 px with 46 names: 685
+# operations that run a kernel instead of 837; bench_throughput.py --post-pass-mb 256 0). A
+# pass holds up to about three times its bytes at once, as one image does; one that runs out
+# of memory is done again image by image. 0: one image at a time, as on a CPU, where an
+# operation costs little beside its work and one image's arrays stay in the caches.
+POST_PASS_BYTES = {"cpu": 0, "cuda": 256 * 2**20}
 
 
 class Refinement(str, Enum):

@@ -20,6 +20,7 @@ from fbseg.models.constants import on_device
 from fbseg.pipeline.config import Refinement, SegmentConfig
 from fbseg.pipeline.device import to_host
 from fbseg.pipeline.refine import pamr
+from fbseg.pipeline.window import free_cached_memory, is_out_of_memory
 from fbseg.result import STAT_MAX, STAT_MEAN, STAT_PIXELS, SegmentationResult
 
 
@@ -102,11 +103,15 @@ def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def drop_small_areas(probs: torch.Tensor, share: float) -> torch.Tensor:
     """SCLIP's ``area_thd``: the probabilities (K, H, W) of every class but 0 whose argmax area
     is not above ``share`` of the area predicted for all classes but 0 are set to 0."""
+    return _drop_small_areas_(probs.clone(), share)
+
+
+def _drop_small_areas_(probs: torch.Tensor, share: float) -> torch.Tensor:
+    """``drop_small_areas`` in place (``probs`` may be a view of several images' row)."""
     area = label_counts(probs.argmax(dim=0), probs.shape[0])[1:]
     keep = (area > share * area.sum()).to(probs.dtype)
-    out = probs.clone()
-    out[1:] *= keep[:, None, None]
-    return out
+    probs[1:] *= keep[:, None, None]
+    return probs
 
 
 def class_statistics(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -122,9 +127,18 @@ def label_probabilities(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the statistics need of one image's probabilities (K, H, W), so that they can be
     let go: each pixel's probability of its label (H·W,) and each class's highest (K,)."""
+    return label_probabilities_of_spans(probs, labels, [(0, labels.numel())])[0]
+
+
+def label_probabilities_of_spans(
+    probs: torch.Tensor, labels: torch.Tensor, spans: Sequence[tuple[int, int]]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``label_probabilities`` of each image whose pixels are the ``spans`` (start, length)
+    of the flattened ``probs`` (K, ...) and ``labels``: one gather for all of them."""
     K = probs.shape[0]
-    picked = probs.reshape(K, -1).gather(0, labels.reshape(1, -1))[0]
-    return picked, probs.reshape(K, -1).amax(dim=1)
+    flat = probs.reshape(K, -1)
+    picked = flat.gather(0, labels.reshape(1, -1))[0]
+    return [(picked[a : a + n], flat[:, a : a + n].amax(dim=1)) for a, n in spans]
 
 
 def statistics_of_images(
@@ -135,7 +149,12 @@ def statistics_of_images(
     so one scatter serves the whole batch: a few operations per image, not a dozen."""
     K = peaks[0].shape[0]
     n = len(labels)
-    bins = torch.cat([x.reshape(-1).long() + i * K for i, x in enumerate(labels)])
+    bins = torch.cat([x.reshape(-1) for x in labels]).long()
+    start = 0
+    for i, x in enumerate(labels):
+        if i:
+            bins[start : start + x.numel()].add_(i * K)  # ``+=`` would copy it onto itself
+        start += x.numel()
     sums = torch.zeros(n * K, dtype=torch.float64, device=bins.device)
     sums.scatter_add_(0, bins, torch.cat(list(picked)).double())
     counts = label_counts(bins, n * K).double()
@@ -167,6 +186,18 @@ def probabilities_and_labels(
     softmax over names, max over each class's names; SCLIP's area threshold; argmax and the
     probability threshold; NACLIP's renormalisation (probabilities only).
     """
+    resized = refined_logits(logits, out_size, config, guide)
+    return probabilities_of_resized(resized, config, name_to_class)
+
+
+def refined_logits(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    config: SegmentConfig,
+    guide: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stitched name logits (C, h, w) resized to ``out_size`` and, when ``config.refine``
+    asks for it, refined by PAMR guided by ``guide`` (resized likewise): (C, H, W)."""
     logits = resize_to(logits, out_size)
     if config.refine is Refinement.PAMR:
         if guide is None:
@@ -177,9 +208,23 @@ def probabilities_and_labels(
             config.pamr_steps,
             config.pamr_dilations,
         )
-    probs = class_probabilities(logits, out_size, config.logit_scale, name_to_class)
+    return logits
+
+
+def probabilities_of_resized(
+    logits: torch.Tensor,
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``refined_logits`` → probabilities (K, ...) and labels (...), of one image (C, H, W)
+    or of several side by side in one row (C, 1, ΣH·W), ``spans`` the (start, length) of each
+    along it. Every step works pixel by pixel, but SCLIP's area threshold, which counts each
+    image's areas alone."""
+    probs = class_probabilities(logits, tuple(logits.shape[-2:]), config.logit_scale, name_to_class)
     if config.area_threshold is not None:
-        probs = drop_small_areas(probs, config.area_threshold)
+        for part in [probs] if spans is None else [probs[..., a : a + n] for a, n in spans]:
+            _drop_small_areas_(part, config.area_threshold)
     labels = labels_from_probs(probs, config.prob_threshold)
     if config.renormalize:
         probs = probs / probs.sum(dim=0, keepdim=True)
@@ -225,6 +270,152 @@ def device_result(
         (lambda: probs) if keeps_probs(probs.device) else recompute,
         None if baseline_labels is None else compact_labels(baseline_labels, K),
     )
+
+
+def device_results(
+    stitched: Sequence[torch.Tensor],
+    out_sizes: Sequence[tuple[int, int]],
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    guides: Sequence[torch.Tensor] | None = None,
+    *,
+    compare: bool = False,
+    pass_bytes: int = 0,
+) -> list[DeviceResult]:
+    """The ``DeviceResult`` of each image of a call from its stitched logits (C, h, w), or
+    (2C, h, w) with ``compare`` (FSA's, then the host's alone, of which only the labels are
+    kept): what ``probabilities_and_labels`` and ``device_result`` give image by image.
+
+    The images go side by side, in passes of up to ``pass_bytes`` of float32 logits at full
+    size (at least one image each; 0: one at a time), so that each step is one operation per
+    pass rather than per image. A pass of several images that runs out of device memory is
+    done again one image at a time. ``guides``: each image's PAMR guide, when it is on."""
+    C = len(name_to_class)
+    guides = list(guides) if guides is not None else [None] * len(stitched)
+    maps = list(zip([s[:C] for s in stitched], out_sizes, guides))
+    done = _post_process_in_passes(maps, config, name_to_class, pass_bytes, statistics=True)
+    baselines: list[torch.Tensor | None] = [None] * len(maps)
+    if compare:
+        host_only = list(zip([s[C:] for s in stitched], out_sizes, guides))
+        baselines = [
+            labels
+            for labels, *_ in _post_process_in_passes(
+                host_only, config, name_to_class, pass_bytes, statistics=False
+            )
+        ]
+    results = []
+    for (logits, size, guide), (labels, picked, peak, probs), baseline in zip(
+        maps, done, baselines
+    ):
+        if probs is not None:  # kept (``keeps_probs``)
+            formed = functools.partial(_same, probs)
+        else:  # let the full-size arrays go: formed again from the stitched logits if asked
+            formed = functools.partial(_probabilities, logits, size, config, name_to_class, guide)
+        results.append(DeviceResult(labels, picked, peak, formed, baseline))
+    return results
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _probabilities(
+    logits: torch.Tensor,
+    out_size: tuple[int, int],
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    guide: torch.Tensor | None,
+) -> torch.Tensor:
+    return probabilities_and_labels(logits, out_size, config, name_to_class, guide)[0]
+
+
+# One image of a pass: labels (H, W) compacted, picked (H·W,) and peak (K,) (None when the
+# statistics are not asked for), probabilities (K, H, W) where results keep them
+# (``keeps_probs``; else None), each a view into the pass's arrays.
+_Processed = tuple[
+    torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"
+]
+
+
+def _post_process_in_passes(
+    maps: Sequence[tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]],
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    pass_bytes: int,
+    statistics: bool,
+) -> list[_Processed]:
+    """``_post_process_pass`` over consecutive (logits, out size, guide) ``maps``, as many per
+    pass as ``pass_bytes`` holds."""
+    out: list[_Processed] = []
+    sizes = [logits.shape[0] * h * w * 4 for logits, (h, w), _ in maps]
+    for group in passes(sizes, pass_bytes):
+        part = [maps[i] for i in group]
+        try:
+            out.extend(_post_process_pass(part, config, name_to_class, statistics))
+        except RuntimeError as exc:
+            if len(part) == 1 or not is_out_of_memory(exc):
+                raise
+            free_cached_memory()
+            for one in part:
+                out.extend(_post_process_pass([one], config, name_to_class, statistics))
+    return out
+
+
+def passes(sizes: Sequence[int], budget: int) -> list[range]:
+    """Consecutive groups of items whose ``sizes`` add up to at most ``budget`` (an item
+    larger than it alone)."""
+    groups: list[range] = []
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > budget:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
+def _post_process_pass(
+    maps: Sequence[tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]],
+    config: SegmentConfig,
+    name_to_class: Sequence[int],
+    statistics: bool,
+) -> list[_Processed]:
+    """``probabilities_and_labels`` (and ``label_probabilities``) of several images at once:
+    each one's logits resized (and refined) alone, then laid side by side in one row
+    (C, 1, ΣH·W) that every later step takes whole."""
+    resized = [refined_logits(logits, size, config, guide) for logits, size, guide in maps]
+    spans, start = [], 0
+    for _, (h, w), _ in maps:
+        spans.append((start, h * w))
+        start += h * w
+    if len(resized) == 1:
+        row, row_spans = resized[0], None
+    else:
+        row = torch.cat([r.reshape(r.shape[0], -1) for r in resized], dim=1)[:, None]
+        row_spans = spans
+    del resized
+    probs, labels = probabilities_of_resized(row, config, name_to_class, row_spans)
+    del row
+    K = probs.shape[0]
+    flat_labels = compact_labels(labels, K).reshape(-1)
+    flat_probs = probs.reshape(K, -1)
+    parts = (
+        label_probabilities_of_spans(probs, labels, spans)
+        if statistics
+        else [(None, None)] * len(spans)
+    )
+    kept = keeps_probs(probs.device)  # else nobody reads them: no views to make
+    return [
+        (
+            flat_labels[a : a + n].view(size),
+            picked,
+            peak,
+            flat_probs[:, a : a + n].view(K, *size) if kept else None,
+        )
+        for (a, n), (_, size, _), (picked, peak) in zip(spans, maps, parts)
+    ]
 
 
 def lazy_probs(recompute: Callable[[], torch.Tensor]) -> Callable[[], np.ndarray]:

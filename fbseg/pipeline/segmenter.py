@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,18 +30,15 @@ from fbseg.models.weights import weights_id
 from fbseg.pipeline.config import (
     CUDA_GRAPHS,
     DEFAULTS,
+    POST_PASS_BYTES,
     TOKENS_PER_FORWARD,
     Refinement,
     SegmentConfig,
 )
 from fbseg.pipeline.crop import CropModel, crop_logits
-from fbseg.pipeline.device import resolve_device, resolve_precision
+from fbseg.pipeline.device import for_device, resolve_device, resolve_precision
 from fbseg.pipeline.graphs import GraphedForwards
-from fbseg.pipeline.postprocess import (
-    device_result,
-    probabilities_and_labels,
-    results_from_device,
-)
+from fbseg.pipeline.postprocess import device_results, results_from_device
 from fbseg.pipeline.window import protocol_size, resize_image, slide_many
 from fbseg.result import SegmentationResult
 
@@ -89,6 +86,8 @@ class Segmenter:
         self.config = config
         self.default_lam = self.host.lam if self.host.lam is not None else default_lam(model_name)
         self.windows_per_forward = windows_per_forward
+        # bytes of full-size logits post-processed in one pass (POST_PASS_BYTES)
+        self.post_pass_bytes = for_device(POST_PASS_BYTES, self.device)
         self.patch = patch_size(self.visual)
         self.network = network_of(self.clip)
         self.crop_model = CropModel(
@@ -282,21 +281,15 @@ class Segmenter:
             on_shrink=self._shrink_window_batch,
         )
         t2 = time.perf_counter()
-        C = len(cl.flat_names)
-        pending = []
-        pamr_guide = cfg.refine is not Refinement.NONE
-        for p, image, logits in zip(prepared, images_on_device, stitched):
-            post_args = (p.rgb.shape[:2], cfg, cl.name_to_class, image if pamr_guide else None)
-            baseline = None
-            if compare:
-                baseline = probabilities_and_labels(logits[C:], *post_args)[1]
-                logits = logits[:C]
-            probs, labels = probabilities_and_labels(logits, *post_args)
-            pending.append(
-                device_result(
-                    probs, labels, _recompute_probs(logits, post_args), baseline_labels=baseline
-                )
-            )
+        pending = device_results(
+            stitched,
+            [p.rgb.shape[:2] for p in prepared],
+            cfg,
+            cl.name_to_class,
+            images_on_device if cfg.refine is not Refinement.NONE else None,  # PAMR's guides
+            compare=compare,
+            pass_bytes=self.post_pass_bytes,
+        )
         del stitched
         results = results_from_device(pending, cl.labels, cl.names)  # the one wait
         n = len(prepared)
@@ -390,11 +383,6 @@ def graphed_forwards(device: torch.device, cuda_graphs: bool | None) -> GraphedF
     if cuda_graphs and device.type != "cuda":
         raise ConfigError(f"CUDA graphs need a CUDA device, not {device.type}")
     return GraphedForwards() if wanted and device.type == "cuda" else None
-
-
-def _recompute_probs(logits: torch.Tensor, post_args: tuple) -> Callable[[], torch.Tensor]:
-    """The probabilities (K, H, W) of stitched logits, computed again when asked for."""
-    return lambda: probabilities_and_labels(logits, *post_args)[0]
 
 
 @dataclass(frozen=True)
