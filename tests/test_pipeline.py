@@ -20,12 +20,17 @@ def tiny_seg(tiny_clip):
 
 @pytest.mark.parametrize("host", [name for name, entry in HOSTS if not entry.needs_proxy])
 @pytest.mark.parametrize("hw", [(70, 130), (150, 90)])
-def test_segment_matches_naive_slide(tiny_clip, host, hw):
+@pytest.mark.parametrize(
+    ("window", "stride"), [(64, 32), (56, 28)], ids=["whole-crops", "padded-crops"]
+)
+def test_segment_matches_naive_slide(tiny_clip, host, hw, window, stride):
+    """Against the reference's forward_slide, written out: the image normalised whole, each
+    crop cut from it and padded with zeros (windows of 56 → 64) on the patch multiple."""
     seg = Segmenter(tiny_clip, model_name=TINY, host=host, device="cpu", precision="fp32")
     classes = ["cat", "sofa; couch", "floor"]
     with_text(seg, classes, 32)
     rgb = random_image(*hw)
-    kw = dict(short_side=64, window=64, stride=32, logit_scale=40.0)
+    kw = dict(short_side=64, window=window, stride=stride, logit_scale=40.0)
     res = seg.segment(rgb, classes, feedback=False, **kw)
     size = protocol_size(*hw, 64)
     img = normalised(rgb, size)
@@ -38,8 +43,8 @@ def test_segment_matches_naive_slide(tiny_clip, host, hw):
             return naive.slide_probs(
                 lambda c: naive.crop_logits(host, tiny_clip.visual, c, text, feedback, 3.0),
                 img,
-                64,
-                32,
+                window,
+                stride,
                 16,
                 hw,
                 40.0,

@@ -56,8 +56,8 @@ STITCH_BYTES = 128 * 2**20
 # laid in one row, up to this many bytes of float32 logits per pass, by device type (others
 # as "cpu"): each step (×scale, softmax, name → class maximum, labels, what the statistics
 # need) is then one operation per pass instead of one per image, and beside a GPU each is a
-# kernel launch the host makes (a NACLIP call of 16 images of 300–600 px with 46 names: 685
-# operations that run a kernel instead of 837; bench_throughput.py --post-pass-mb 256 0). A
+# kernel launch the host makes (a NACLIP call of 16 images of 300–600 px with 46 names: 629
+# operations that run a kernel instead of 781; bench_throughput.py --post-pass-mb 256 0). A
 # pass holds up to about three times its bytes at once, as one image does; one that runs out
 # of memory is done again image by image. 0: one image at a time, as on a CPU, where an
 # operation costs little beside its work and one image's arrays stay in the caches.

@@ -39,7 +39,7 @@ from fbseg.pipeline.crop import CropModel, crop_logits
 from fbseg.pipeline.device import for_device, resolve_device, resolve_precision
 from fbseg.pipeline.graphs import GraphedForwards
 from fbseg.pipeline.postprocess import device_results, results_from_device
-from fbseg.pipeline.window import protocol_size, resize_image, slide_many
+from fbseg.pipeline.window import as_8bit, protocol_size, resize_image, slide_many
 from fbseg.result import SegmentationResult
 
 # Bumped whenever a change alters the numbers a given model, weights and settings produce, so
@@ -190,11 +190,21 @@ class Segmenter:
         """(3, h, w) float32 on the model's device: the image resized to its protocol size
         (bilinear, rounded as an 8-bit resize would be) and normalised with the network's
         mean and std."""
+        return self.normalise(self.protocol_pixels(prepared))
+
+    def protocol_pixels(self, prepared: PreparedImage) -> torch.Tensor:
+        """(3, h, w) float32 0–255 on the model's device: the image resized bilinearly to its
+        protocol size, not yet rounded (``normalise`` does that)."""
         img = prepared.pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float()
-        img = resize_image(img, prepared.size)
-        return (img - self._on_pixel_scale(self.network.mean)) / self._on_pixel_scale(
-            self.network.std
-        )
+        return resize_image(img, prepared.size)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``protocol_pixels`` (…, 3, h, w) rounded as an 8-bit resize would leave them, then
+        normalised with the network's mean and std. Pixel by pixel, so a batch of crops cut
+        from the pixels gets what the same crops cut from the normalised image would: a
+        call normalises its window batches, a few operations each, not every image."""
+        mean = self._on_pixel_scale(self.network.mean)
+        return (as_8bit(pixels) - mean) / self._on_pixel_scale(self.network.std)
 
     def _on_pixel_scale(self, values: Sequence[float]) -> torch.Tensor:
         """Per-channel ``values`` × 255 as (3, 1, 1) float32 on the model's device (once)."""
@@ -270,15 +280,16 @@ class Segmenter:
             key = (cfg.feedback, lam_value, cfg.window, compare)  # what a recording fixes
             return self.graphs.run(key, forward, crops, text)
 
-        images_on_device = [self.model_input(p) for p in prepared]
+        pixels = [self.protocol_pixels(p) for p in prepared]
         stitched = slide_many(
-            images_on_device,
+            pixels,
             crop_fn,
             window=cfg.window,
             stride=cfg.stride,
             pad_multiple=self.pad_multiple,
             windows_per_forward=self.windows_per_forward or self._windows_for,
             on_shrink=self._shrink_window_batch,
+            crop_transform=self.normalise,
         )
         t2 = time.perf_counter()
         pending = device_results(
@@ -286,7 +297,7 @@ class Segmenter:
             [p.rgb.shape[:2] for p in prepared],
             cfg,
             cl.name_to_class,
-            images_on_device if cfg.refine is not Refinement.NONE else None,  # PAMR's guides
+            [self.normalise(x) for x in pixels] if cfg.refine is not Refinement.NONE else None,
             compare=compare,
             pass_bytes=self.post_pass_bytes,
         )

@@ -24,11 +24,16 @@ def protocol_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) float 0–255 → bilinear to ``size``, rounded as an 8-bit resize would be."""
+    """(3, H, W) float 0–255 → bilinear to ``size``, not yet rounded (``as_8bit``)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-    return out.round().clamp(0, 255)
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def as_8bit(pixels: torch.Tensor) -> torch.Tensor:
+    """Resized pixels (float, 0–255) rounded and clamped as an 8-bit resize leaves them; whole
+    numbers in range, as unresized pixels are, come out as they went in."""
+    return pixels.round().clamp(0, 255)
 
 
 def window_spans(length: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -65,6 +70,7 @@ def slide_many(
     pad_multiple: int,
     windows_per_forward: int | Callable[[int, int], int] = 8,
     on_shrink: Callable[[int], None] | None = None,
+    crop_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
 
@@ -76,7 +82,10 @@ def slide_many(
     function of the padded crop's height and width), across images: every crop's result
     depends on that crop alone, so the batching changes nothing but the speed. When a batch
     runs out of device memory it is halved and retried (``on_shrink`` hears the new size); a
-    single window that does not fit raises ``WindowTooLargeError``.
+    single window that does not fit raises ``WindowTooLargeError``. ``crop_transform``, when
+    given, maps each stacked batch of crops before it is padded: per-pixel work such as the
+    normalisation, done once per batch rather than once per image (``images`` are then what
+    it takes).
 
     Beside a GPU the host only queues work: about one operation per window (its add) plus a
     few per image and per batch, and one upload of the window counts per call.
@@ -103,6 +112,8 @@ def slide_many(
         while start < len(group):
             chunk = group[start : start + per_forward]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
+            if crop_transform is not None:
+                crops = crop_transform(crops)
             if any(pad):
                 crops = F.pad(crops, pad)
             try:
