@@ -74,6 +74,48 @@ def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, t
     assert run.exit_code == 4 and (tmp_path / "out" / "square.mask.png").exists()
 
 
+def test_an_image_whose_probabilities_never_fit_fails_alone(tiny_clip, monkeypatch, tmp_path):
+    """Past the model, an image's class probabilities at its full size need memory too: one
+    that runs out of it alone fails with one line, and the others of its call are written."""
+    from fbseg.classes import parse_classes
+    from fbseg.pipeline import postprocess
+    from fbseg.runs.folder import segment_folder
+    from fbseg.runs.outputs import OutputOptions
+    from fbseg.runs.stream import ItemStatus
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(random_image(120, 200, seed=1)).save(src / "big.png")
+    for i in range(2):
+        Image.fromarray(random_image(64, 80, seed=2 + i)).save(src / f"small{i}.png")
+    seg = tiny_segmenter(
+        tiny_clip, ["a", "b"], config=SegmentConfig(short_side=64, window=64, stride=32)
+    )
+    seg.post_pass_bytes = 2**30  # all three side by side first
+    real = postprocess.probabilities_of_resized
+
+    def tight(logits, *args, **kwargs):
+        if logits.shape[-1] * logits.shape[-2] > 64 * 80:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(postprocess, "probabilities_of_resized", tight)
+    classes = parse_classes("a,b")
+    run = segment_folder(
+        seg,
+        [str(src)],
+        classes,
+        OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels),
+        images_per_group=3,
+    )
+    status = {o.item.path.name: o for o in run.outcomes}
+    assert status["small0.png"].status is status["small1.png"].status is ItemStatus.DONE
+    assert status["big.png"].status is ItemStatus.FAILED
+    reason = status["big.png"].reason
+    assert "200×120 image (2 names) do not fit" in reason and "\n" not in reason
+    assert run.exit_code == 4 and (tmp_path / "out" / "small1.mask.png").exists()
+
+
 def _has_nnc(shapes, n_min: int, C: int) -> list:
     """Shapes with the names axis C and one patch axis (≥ n_min) twice: an N×N×C array."""
     return [

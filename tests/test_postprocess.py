@@ -507,37 +507,43 @@ def test_a_pass_makes_its_operations_once_for_all_its_images():
 
 def test_a_pass_that_runs_out_of_memory_is_done_again_image_by_image(monkeypatch):
     """Side by side the images need more memory at once: a pass of several that fails for
-    want of it is redone one image at a time, with the same results; any other error, or
-    one image that does not fit, is raised."""
+    want of it is redone one image at a time, with the same results; an image that does not
+    fit alone is an InputError of one line naming its size; any other error is raised."""
+    from fbseg.errors import InputError
     from fbseg.pipeline.postprocess import device_results, results_from_device
 
     real = postprocess.probabilities_of_resized
-    failures = []
+    tried = []
 
     def tight(logits, config, name_to_class, spans=None):
-        if spans is not None:  # several images at once
-            failures.append(len(spans))
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        tried.append(logits.shape[-1] * logits.shape[-2])
+        if spans is not None or logits.shape[-1] * logits.shape[-2] > 600:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(logits, config, name_to_class, spans)
 
     name_to_class = [0, 1, 2]
     g = torch.Generator().manual_seed(8)
     stitched = [torch.randn(3, 8, 10, generator=g) for _ in range(3)]
-    sizes = [(16, 20), (24, 30), (16, 21)]
 
-    def labels(pass_bytes: int) -> list[np.ndarray]:
+    def labels(sizes, pass_bytes: int) -> list[np.ndarray]:
         pending = device_results(stitched, sizes, DEFAULTS, name_to_class, pass_bytes=pass_bytes)
         return [r.labels for r in results_from_device(pending, ("a", "b", "c"), (("a",),) * 3)]
 
-    expected = labels(0)
+    sizes = [(16, 20), (24, 21), (16, 21)]
+    expected = labels(sizes, 0)
     monkeypatch.setattr(postprocess, "probabilities_of_resized", tight)
-    for got, want in zip(labels(2**30), expected):
+    for got, want in zip(labels(sizes, 2**30), expected):
         np.testing.assert_array_equal(got, want)
-    assert failures == [3]
+    assert tried == [16 * 20 + 24 * 21 + 16 * 21, 16 * 20, 24 * 21, 16 * 21]
+
+    with pytest.raises(InputError) as caught:
+        labels([(16, 20), (30, 25), (16, 21)], 2**30)  # the second does not fit alone
+    message = caught.value.one_line()
+    assert "25×30 image (3 names) do not fit" in message and "\n" not in message
 
     def broken(logits, config, name_to_class, spans=None):
         raise RuntimeError("an unrelated failure")
 
     monkeypatch.setattr(postprocess, "probabilities_of_resized", broken)
     with pytest.raises(RuntimeError, match="unrelated"):
-        labels(2**30)
+        labels(sizes, 2**30)

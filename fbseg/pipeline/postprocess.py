@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fbseg.errors import InputError
 from fbseg.models.constants import on_device
 from fbseg.pipeline.config import Refinement, SegmentConfig
 from fbseg.pipeline.device import to_host
@@ -289,7 +290,9 @@ def device_results(
     The images go side by side, in passes of up to ``pass_bytes`` of float32 logits at full
     size (at least one image each; 0: one at a time), so that each step is one operation per
     pass rather than per image. A pass of several images that runs out of device memory is
-    done again one image at a time. ``guides``: each image's PAMR guide, when it is on."""
+    done again one image at a time; an image whose probabilities do not fit alone raises
+    ``ImageTooLargeError`` (an ``InputError``: a folder run fails that image with one line
+    and goes on). ``guides``: each image's PAMR guide, when it is on."""
     C = len(name_to_class)
     guides = list(guides) if guides is not None else [None] * len(stitched)
     maps = list(zip([s[:C] for s in stitched], out_sizes, guides))
@@ -345,7 +348,8 @@ def _post_process_in_passes(
     statistics: bool,
 ) -> list[_Processed]:
     """``_post_process_pass`` over consecutive (logits, out size, guide) ``maps``, as many per
-    pass as ``pass_bytes`` holds."""
+    pass as ``pass_bytes`` holds. A pass that runs out of device memory is done again image
+    by image; one image that does not fit alone raises ``ImageTooLargeError``."""
     out: list[_Processed] = []
     sizes = [logits.shape[0] * h * w * 4 for logits, (h, w), _ in maps]
     for group in passes(sizes, pass_bytes):
@@ -353,12 +357,26 @@ def _post_process_in_passes(
         try:
             out.extend(_post_process_pass(part, config, name_to_class, statistics))
         except RuntimeError as exc:
-            if len(part) == 1 or not is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             free_cached_memory()
-            for one in part:
-                out.extend(_post_process_pass([one], config, name_to_class, statistics))
+            if len(part) == 1:
+                raise _too_large(part[0]) from None
+            out.extend(_post_process_in_passes(part, config, name_to_class, 0, statistics))
     return out
+
+
+class ImageTooLargeError(InputError):
+    """One image's probabilities at its full size do not fit in the device's memory: that
+    image fails, the run goes on."""
+
+
+def _too_large(one: tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]) -> InputError:
+    logits, (h, w), _ = one
+    return ImageTooLargeError(
+        f"the class probabilities of this {w}×{h} image ({logits.shape[0]} names) do not fit "
+        "in the device's memory (try a smaller image or fewer names)"
+    )
 
 
 def passes(sizes: Sequence[int], budget: int) -> list[range]:
