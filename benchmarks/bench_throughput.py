@@ -170,11 +170,16 @@ def flops_per_image(seg, prepared, classes) -> float:
 
 def operations_per_call(seg, prepared, classes, per_call: int) -> dict:
     """The operations one call of ``per_call`` images makes, counted at PyTorch's dispatcher:
-    those that run a kernel (each a launch the host must make beside a GPU) and views.
-    Works for any tree (it only calls ``segment_batch``)."""
+    those that run a kernel (each a launch the host must make beside a GPU) and views, and
+    how many of the kernels ran inside the window-batch forwards (``crop_logits`` where the
+    Segmenter's module calls it: what CUDA graphs replay in one launch each). Works for any
+    tree (it only calls ``segment_batch``; an older one may not split the count)."""
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    segmenter_module = sys.modules[type(seg).__module__]
+    inside = [False]
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -183,12 +188,30 @@ def operations_per_call(seg, prepared, classes, per_call: int) -> dict:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            self.counts["views" if _is_view(func, args, out) else "kernels"] += 1
+            kind = "views" if _is_view(func, args, out) else "kernels"
+            self.counts[kind] += 1
+            if inside[0] and kind == "kernels":
+                self.counts["forward_kernels"] += 1
             return out
 
+    plain = getattr(segmenter_module, "crop_logits", None)
+
+    def forward(*args, **kwargs):
+        inside[0] = True
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            inside[0] = False
+
     counter = Count()
-    with counter:
-        seg.segment_batch(prepared[:per_call], classes)
+    if plain is not None:
+        segmenter_module.crop_logits = forward
+    try:
+        with counter:
+            seg.segment_batch(prepared[:per_call], classes)
+    finally:
+        if plain is not None:
+            segmenter_module.crop_logits = plain
     _sync(seg.device)
     return {"images": min(per_call, len(prepared)), **counter.counts}
 
@@ -408,7 +431,13 @@ def main() -> None:
     for host, ops in report["operations"].items():
         print(
             f"{host}: one call of {ops['images']} images makes {ops.get('kernels', 0)} operations "
-            f"that run a kernel and {ops.get('views', 0)} views"
+            f"that run a kernel"
+            + (
+                f" ({ops['forward_kernels']} of them in the forwards)"
+                if "forward_kernels" in ops
+                else ""
+            )
+            + f" and {ops.get('views', 0)} views"
         )
     for host, kernels in report["kernels"].items():
         print(f"top kernels of one call, {host} (own device time):")
