@@ -45,10 +45,25 @@ def test_batch_halved_on_out_of_memory_gives_the_same_result(tiny_clip, monkeypa
         np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-5)
 
 
-def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, tmp_path):
+def _folder_run(seg, src, tmp_path, images_per_group: int):
+    """``segment_folder`` over ``src`` with the classes "a,b", outputs under tmp_path/out: the
+    run, and each outcome by file name."""
     from fbseg.classes import parse_classes
     from fbseg.runs.folder import segment_folder
     from fbseg.runs.outputs import OutputOptions
+
+    classes = parse_classes("a,b")
+    run = segment_folder(
+        seg,
+        [str(src)],
+        classes,
+        OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels),
+        images_per_group=images_per_group,
+    )
+    return run, {o.item.path.name: o for o in run.outcomes}
+
+
+def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, tmp_path):
     from fbseg.runs.stream import ItemStatus
 
     src = tmp_path / "in"
@@ -58,15 +73,7 @@ def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, t
     whole_images = SegmentConfig(short_side=None, window=None)
     seg = tiny_segmenter(tiny_clip, ["a", "b"], config=whole_images)
     _oom_when(monkeypatch, lambda crops: crops.shape[-1] > 100)
-    classes = parse_classes("a,b")
-    run = segment_folder(
-        seg,
-        [str(src)],
-        classes,
-        OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels),
-        images_per_group=2,
-    )
-    status = {o.item.path.name: o for o in run.outcomes}
+    run, status = _folder_run(seg, src, tmp_path, images_per_group=2)
     assert status["square.png"].status is ItemStatus.DONE
     assert status["wide.png"].status is ItemStatus.FAILED
     reason = status["wide.png"].reason
@@ -77,10 +84,7 @@ def test_a_window_that_never_fits_fails_its_image_only(tiny_clip, monkeypatch, t
 def test_an_image_whose_probabilities_never_fit_fails_alone(tiny_clip, monkeypatch, tmp_path):
     """Past the model, an image's class probabilities at its full size need memory too: one
     that runs out of it alone fails with one line, and the others of its call are written."""
-    from fbseg.classes import parse_classes
     from fbseg.pipeline import postprocess
-    from fbseg.runs.folder import segment_folder
-    from fbseg.runs.outputs import OutputOptions
     from fbseg.runs.stream import ItemStatus
 
     src = tmp_path / "in"
@@ -100,15 +104,7 @@ def test_an_image_whose_probabilities_never_fit_fails_alone(tiny_clip, monkeypat
         return real(logits, *args, **kwargs)
 
     monkeypatch.setattr(postprocess, "probabilities_of_resized", tight)
-    classes = parse_classes("a,b")
-    run = segment_folder(
-        seg,
-        [str(src)],
-        classes,
-        OutputOptions(out_dir=tmp_path / "out", class_labels=classes.labels),
-        images_per_group=3,
-    )
-    status = {o.item.path.name: o for o in run.outcomes}
+    run, status = _folder_run(seg, src, tmp_path, images_per_group=3)
     assert status["small0.png"].status is status["small1.png"].status is ItemStatus.DONE
     assert status["big.png"].status is ItemStatus.FAILED
     reason = status["big.png"].reason
