@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fbseg.viz.masks import DIFF_COLOUR, binary_png, disagreement, indexed_png, png_bytes
+from fbseg.viz.masks import DIFF_COLOUR, disagreement, png_bytes
 from fbseg.viz.overlay import _font, blend, legend_panel, overlay
 from fbseg.viz.palette import palette
+from fbseg.viz.png import binary_png, indexed_png
 
 __all__ = [
     "palette",

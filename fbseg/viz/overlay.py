@@ -9,22 +9,27 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarray:
-    """(1 − a)·image + a·colour per pixel in float32, rounded to uint8. image (H, W, 3) uint8,
-    labels (H, W), colours (K, 3).
+def alpha_of(opacity: float) -> int:
+    """The 8-bit alpha (0–255) an opacity in [0, 1] is drawn with."""
+    return int(round(min(max(opacity, 0.0), 1.0) * 255))
 
-    Every output byte depends only on its class, channel and input byte, so the (K, 3, 256)
-    table of results is formed once and the image is one lookup into it: about 3× faster
-    than the arithmetic per pixel, with the same bytes."""
-    keep = (1.0 - opacity) * np.arange(256, dtype=np.float32)  # (256,)
-    paint = opacity * np.asarray(colours).astype(np.float32)  # (K, 3)
-    table = np.clip(keep[None, None, :] + paint[:, :, None] + 0.5, 0, 255).astype(np.uint8)
-    index_type = np.int32 if table.size < 2**31 else np.int64
-    index = labels.astype(index_type)[..., None] * index_type(3 * 256) + np.arange(
-        0, 3 * 256, 256, dtype=index_type
-    )  # (H, W, 3): where each pixel's channel starts in the table
-    index += image
-    return table.ravel()[index]
+
+def _blended(
+    image: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity: float
+) -> Image.Image:
+    """``blend`` as a Pillow image: each pixel's class colour composited over the image with
+    one constant alpha, in Pillow's C loop (about 3× faster than a numpy lookup per byte)."""
+    colour = np.take(np.asarray(colours, dtype=np.uint8), np.asarray(labels), axis=0)
+    out = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))  # a copy
+    out.paste(Image.fromarray(colour), (0, 0), Image.new("L", out.size, alpha_of(opacity)))
+    return out
+
+
+def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, opacity: float) -> np.ndarray:
+    """The 8-bit alpha blend of each pixel's class colour over the image: per byte
+    round(((255 − m)·image + m·colour) / 255) with m = ``alpha_of(opacity)``. image (H, W, 3)
+    uint8, labels (H, W) class indices, colours (K, 3) → (H, W, 3) uint8."""
+    return np.asarray(_blended(image, labels, colours, opacity))
 
 
 @lru_cache(maxsize=32)
@@ -88,7 +93,7 @@ def overlay(
     fractions: Sequence[float] | None = None,
 ) -> Image.Image:
     """The blended image, with a legend panel on the right when class labels are given."""
-    blended = Image.fromarray(blend(image, labels, colours, opacity))
+    blended = _blended(image, labels, colours, opacity)
     if not legend:
         return blended
     panel = legend_panel(legend, colours, fractions or [0.0] * len(legend), blended.height)

@@ -1,10 +1,14 @@
-"""A fast truecolour PNG encoder for pictures meant for viewing (overlays, diffs).
+"""PNG encoders for what a run writes for every image: truecolour pictures (overlays,
+diffs), label maps (indexed with their palette, or 16-bit grey past 256 classes) and 1-bit
+masks.
 
-Pillow's encoder tries four of PNG's row filters on every row and keeps the best; for a
-600×400 overlay that choice costs as much as the compression itself. Here every row uses
-the "Up" filter (the byte above), computed in one numpy pass, and zlib level 1: about twice
-as fast as Pillow at level 1, for a file 2–4% larger. Masks (one byte or one bit per pixel)
-keep Pillow's encoder.
+Pillow's encoder tries four of PNG's row filters on every row and keeps the best, and
+compresses with zlib; for a 600×400 overlay that took about 11 ms, and 5–7 ms for an
+indexed label map, most of what a writer spends per image. Here every row uses the "Up"
+filter (the byte above, one numpy pass) and the deflate stream comes from ISA-L (the
+``isal`` package) at its fast level: about 4× zlib's speed at level 1 for a file of the
+same size, a label map in about 0.2 ms. Without ``isal`` the stdlib's zlib at level 1 is
+used; the files are standard PNGs either way.
 """
 
 from __future__ import annotations
@@ -14,10 +18,22 @@ import zlib
 
 import numpy as np
 
+try:
+    from isal import isal_zlib as _deflate_library
+except ImportError:  # pragma: no cover - isal is a dependency; an install without it still works
+    _deflate_library = zlib
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FILTER_UP = 2
-COLOUR_TYPE_RGB = 2
-FAST_ZLIB_LEVEL = 1
+FILTER_NONE, FILTER_UP = 0, 2
+COLOUR_GREY, COLOUR_RGB, COLOUR_INDEXED = 0, 2, 3
+# The fast level of both libraries (ISA-L's levels are 0–3, zlib's 0–9).
+DEFLATE_LEVEL = 1
+MAX_PALETTE = 256
+
+
+def deflate(data: bytes) -> bytes:
+    """A zlib stream (RFC 1950) of ``data``, as PNG's IDAT holds it."""
+    return _deflate_library.compress(data, DEFLATE_LEVEL)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -25,16 +41,28 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def up_filtered_rows(rgb: np.ndarray) -> np.ndarray:
-    """(H, 1 + 3W) uint8: each row's filter byte (Up), then its bytes minus the row above's
-    (mod 256; the first row keeps its own, as the row above it counts as zeros)."""
-    h, w, _ = rgb.shape
-    flat = rgb.reshape(h, 3 * w)
-    rows = np.empty((h, 1 + 3 * w), dtype=np.uint8)
-    rows[:, 0] = FILTER_UP
-    rows[0, 1:] = flat[0]
-    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps: mod 256
-    return rows
+def up_filtered_rows(rows: np.ndarray) -> np.ndarray:
+    """(H, 1 + B) uint8 from (H, B) row bytes: each row's filter byte (Up), then its bytes
+    minus the row above's (mod 256; the first row keeps its own, as the row above it counts
+    as zeros)."""
+    h, b = rows.shape
+    out = np.empty((h, 1 + b), dtype=np.uint8)
+    out[:, 0] = FILTER_UP
+    out[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps: mod 256
+    return out
+
+
+def _png(
+    width: int, height: int, depth: int, colour: int, rows: np.ndarray, palette: bytes = b""
+) -> bytes:
+    """A whole PNG from its filtered rows (H, 1 + B) uint8; ``palette`` is the PLTE payload."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    chunks = [_chunk(b"IHDR", header)]
+    if palette:
+        chunks.append(_chunk(b"PLTE", palette))
+    chunks += [_chunk(b"IDAT", deflate(rows.tobytes())), _chunk(b"IEND", b"")]
+    return PNG_SIGNATURE + b"".join(chunks)
 
 
 def rgb_png(rgb: np.ndarray) -> bytes:
@@ -43,7 +71,38 @@ def rgb_png(rgb: np.ndarray) -> bytes:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         raise ValueError(f"rgb_png takes a non-empty (H, W, 3) image, not {rgb.shape}")
     h, w, _ = rgb.shape
-    header = struct.pack(">IIBBBBB", w, h, 8, COLOUR_TYPE_RGB, 0, 0, 0)
-    packer = zlib.compressobj(FAST_ZLIB_LEVEL)
-    data = packer.compress(up_filtered_rows(rgb)) + packer.flush()
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    return _png(w, h, 8, COLOUR_RGB, up_filtered_rows(rgb.reshape(h, 3 * w)))
+
+
+def indexed_png(labels: np.ndarray, colours: np.ndarray) -> bytes:
+    """A lossless label map, pixel value = class index: indexed 8-bit with ``colours`` (K, 3)
+    as its palette while every index fits one (< 256 entries), else 16-bit greyscale (up to
+    65,536 classes; the palette is then only in the run's JSON)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or 0 in labels.shape:
+        raise ValueError(f"indexed_png takes a non-empty (H, W) label map, not {labels.shape}")
+    h, w = labels.shape
+    top = int(labels.max())
+    if int(labels.min()) < 0 or top > 0xFFFF:
+        raise ValueError("a label map holds class indices 0 to 65535")
+    entries = max(len(colours), top + 1)
+    if entries > MAX_PALETTE:
+        wide = np.ascontiguousarray(labels, dtype=">u2").view(np.uint8).reshape(h, 2 * w)
+        return _png(w, h, 16, COLOUR_GREY, up_filtered_rows(wide))
+    palette = np.zeros((entries, 3), dtype=np.uint8)
+    palette[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+    rows = up_filtered_rows(np.ascontiguousarray(labels, dtype=np.uint8))
+    return _png(w, h, 8, COLOUR_INDEXED, rows, palette.tobytes())
+
+
+def binary_png(mask: np.ndarray) -> bytes:
+    """A 1-bit greyscale PNG of a boolean (H, W) mask: white (1) where true."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or 0 in mask.shape:
+        raise ValueError(f"binary_png takes a non-empty (H, W) mask, not {mask.shape}")
+    h, w = mask.shape
+    packed = np.packbits(mask, axis=1)  # each row from its first pixel's high bit, zero-padded
+    rows = np.empty((h, 1 + packed.shape[1]), dtype=np.uint8)
+    rows[:, 0] = FILTER_NONE
+    rows[:, 1:] = packed
+    return _png(w, h, 1, COLOUR_GREY, rows)
