@@ -42,3 +42,9 @@ if [ -n "$STREAM_BASE" ]; then
     $PY benchmarks/bench_stream.py --no-threads --repeats 2 --busy-ops 300 --tree "$STREAM_BASE" \
         --json "$OUT/stream-base.json" 2>&1 | tee "$OUT/stream-base.txt"
 fi
+# what a writer spends per image on this machine's cores (and, with STREAM_BASE, before)
+$PY benchmarks/bench_outputs.py --json "$OUT/outputs.json" 2>&1 | tee "$OUT/outputs.txt"
+if [ -n "$STREAM_BASE" ]; then
+    $PY benchmarks/bench_outputs.py --tree "$STREAM_BASE" --json "$OUT/outputs-base.json" 2>&1 \
+        | tee "$OUT/outputs-base.txt"
+fi

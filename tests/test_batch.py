@@ -146,6 +146,20 @@ def test_the_next_group_is_decoded_while_the_model_runs(tmp_path):
     assert ahead[0] >= 8 + 1  # this group, the next, and one for the reader thread
 
 
+def test_more_classes_than_a_palette_holds_give_a_16_bit_label_map(tmp_path, fast):
+    names = [f"thing{k}" for k in range(300)]
+    r = run(["segment", str(ASSETS / "cat.jpg"), "-c", ",".join(names), "-o", str(tmp_path), *fast])
+    assert r.exit_code == 0, r.output
+    mask = Image.open(tmp_path / "cat.mask.png")
+    assert mask.mode.startswith("I")  # 16-bit grey: the index itself, no palette
+    labels = np.asarray(mask).astype(int)
+    summary = json.loads((tmp_path / "cat.json").read_text())
+    fractions = np.bincount(labels.ravel(), minlength=300) / labels.size
+    assert len(fractions) == 300  # no index past the classes
+    assert np.allclose([c["pixel_fraction"] for c in summary["classes"]], fractions)
+    assert (fractions > 0).sum() > 1
+
+
 def test_per_class_masks(tmp_path, fast):
     r = run(
         [
