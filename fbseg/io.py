@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
 
@@ -94,15 +95,37 @@ def _same_content(path: Path, data: bytes) -> bool:
         return False
 
 
-def remove_stale_temporaries(path: str | Path) -> None:
-    """Delete ``.NAME.*.tmp`` files beside ``path`` that a killed writer left behind."""
-    path = Path(path)
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            try:
-                stale.unlink()
-            except OSError:
-                pass
+def _temporary_of(entry: str) -> str | None:
+    """The file name a temporary of ``atomic_write_bytes`` (``.NAME.XXXXXXXX.tmp``) stands
+    for, or None for any other name."""
+    if not (entry.startswith(".") and entry.endswith(".tmp")):
+        return None
+    name, dot, _ = entry[1 : -len(".tmp")].rpartition(".")
+    return name if dot and name else None
+
+
+def remove_stale_temporaries(paths: Iterable[str | Path]) -> int:
+    """Delete the temporaries that a killed writer left beside any of ``paths``; returns
+    how many. Each folder is listed once, however many of ``paths`` it holds (a run's
+    output folder may hold many thousands of files), and only temporaries of these names
+    are touched."""
+    by_folder: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        by_folder.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # no folder yet: nothing left in it
+            continue
+        for entry in entries:
+            if _temporary_of(entry.name) in names:
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}

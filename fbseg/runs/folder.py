@@ -20,7 +20,7 @@ from fbseg.pipeline.device import (
 from fbseg.pipeline.engine import Engine
 from fbseg.runs import distributed
 from fbseg.runs.inputs import RUN_SUMMARY, InputItem, InputScan, check_inputs, collect_inputs
-from fbseg.runs.outputs import OutputOptions
+from fbseg.runs.outputs import OutputOptions, remove_stale_outputs
 from fbseg.runs.stream import ItemOutcome, ItemStatus, stream_items
 from fbseg.runs.summary import summary_entry, write_run_summary
 
@@ -123,6 +123,7 @@ def segment_folder(
         ]
     items = dist.shard(scan.items)  # each rank its own disjoint share; alone: all of them
     run.planned = len(items)
+    remove_stale_outputs(items, options)
     several = len(scan.items) + len(scan.missing) > 1
     if on_start is not None:
         on_start(len(items))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -117,8 +118,15 @@ def render_outputs(
 
 def write_outputs(files: dict[str, bytes], paths: dict[str, Path], overwrite: bool) -> None:
     """Write each file atomically; the JSON last, so its presence means the image is done.
-    Temporaries a killed run left for these names are removed first; a file that a killed
-    run did finish holds the same bytes and counts as written."""
+    A file that a killed run did finish holds the same bytes and counts as written (the
+    temporaries it left go when a run starts: ``remove_stale_outputs``)."""
     for kind in sorted(files, key=lambda k: k == "json"):
-        remove_stale_temporaries(paths[kind])
         atomic_write_bytes(paths[kind], files[kind], overwrite=overwrite)
+
+
+def remove_stale_outputs(items: Iterable[InputItem], opts: OutputOptions) -> int:
+    """Delete the temporaries a killed run left for the outputs of ``items`` (before any
+    writer starts: none of them is this run's own); each output folder is listed once."""
+    return remove_stale_temporaries(
+        path for item in items for path in output_paths(item, opts).values()
+    )
