@@ -281,6 +281,34 @@ def test_a_killed_run_leaves_nothing_a_resume_trusts_or_trips_on(tmp_path, fast)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_run_lists_its_output_folder_once_whatever_it_holds(tmp_path, fast, monkeypatch):
+    """Stale temporaries are looked for once per folder when the run starts: a folder of many
+    thousands of outputs is not listed again for every file written into it."""
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(random_image(20, 24, seed=i)).save(src / f"im{i}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".im4.json.abc123.tmp").write_text('{"partial')  # a killed run's
+    listed = []
+    real_scandir = os.scandir
+
+    def counting_scandir(folder="."):
+        if not isinstance(folder, int):
+            listed.append(Path(os.fspath(folder)))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    r = run(["segment", str(src), "-c", "cat,rug", "-o", str(out), "--overlay", *fast])
+    assert r.exit_code == 0, r.output
+    assert listed.count(out) == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert len(list(out.glob("*.overlay.png"))) == 6
+
+
 def test_one_image_from_stdin(tmp_path, tiny_ckpt):
     import subprocess
     import sys

@@ -122,3 +122,37 @@ def test_atomic_write_without_hard_links_still_refuses_to_overwrite(tmp_path, mo
         atomic_write_bytes(tmp_path / "a.txt", b"second")
     assert (tmp_path / "a.txt").read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_stale_temporaries_of_the_given_names_go_each_folder_listed_once(tmp_path, monkeypatch):
+    import os
+
+    import fbseg.io
+    from fbseg.io import remove_stale_temporaries
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    stale = [a / ".x.png.k3j_9q2z.tmp", a / ".x.png.abc123.tmp", b / ".y.json.0aZ9xyzz.tmp"]
+    kept = [
+        a / ".other.png.k3j_9q2z.tmp",  # a temporary of a name not asked about
+        a / ".hidden.tmp",  # a user's file
+        a / "x.png",  # the output itself
+        a / ".x.png",
+        b / ".y.json.tmp.bak",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"?")
+    listed = []
+    real_scandir = os.scandir
+
+    def counting_scandir(folder="."):
+        if not isinstance(folder, int):  # pytest's own clean-up lists by descriptor
+            listed.append(os.fspath(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(fbseg.io.os, "scandir", counting_scandir)
+    paths = [a / "x.png", a / "z.png", b / "y.json", tmp_path / "missing" / "q.png"]
+    assert remove_stale_temporaries(paths * 50) == 3
+    assert sorted(listed) == sorted(map(os.fspath, [a, b, tmp_path / "missing"]))
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
