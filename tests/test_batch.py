@@ -281,6 +281,32 @@ def test_a_killed_run_leaves_nothing_a_resume_trusts_or_trips_on(tmp_path, fast)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_killed_run_with_saved_probabilities_resumes(tmp_path, fast, monkeypatch):
+    """The probabilities' .npz that a killed run finished is byte for byte what the rerun
+    makes, even on another day (nothing in it depends on the clock)."""
+    import time
+
+    args = [
+        "segment",
+        str(ASSETS / "cat.jpg"),
+        "-c",
+        "cat,rug",
+        "-o",
+        str(tmp_path),
+        "--save-probs",
+        *fast,
+    ]
+    assert run(args).exit_code == 0
+    (tmp_path / "cat.json").unlink()  # killed after the probabilities, before the JSON
+    later = time.time() + 86400
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "localtime", lambda t=None: time.gmtime(later))
+    r = run(args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "cat.json").read_text())["classes"][0]["class"] == "cat"
+    assert np.load(tmp_path / "cat.probs.npz")["probs"].shape[0] == 2
+
+
 def test_a_run_lists_its_output_folder_once_whatever_it_holds(tmp_path, fast, monkeypatch):
     """Stale temporaries are looked for once per folder when the run starts: a folder of many
     thousands of outputs is not listed again for every file written into it."""

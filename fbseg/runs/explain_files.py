@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
-
 from fbseg.errors import OutputError
-from fbseg.io import atomic_write_bytes
+from fbseg.io import atomic_write_bytes, npz_bytes
 from fbseg.viz import png_bytes
 
 
@@ -37,9 +34,7 @@ def write(exp, paths: dict[str, Path], *, title: str, overwrite: bool) -> list[P
     if "html" in paths:
         files["html"] = explain_html(exp, title).encode("utf-8")
     if "raw" in paths:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **exp.arrays())
-        files["raw"] = buf.getvalue()
+        files["raw"] = npz_bytes(exp.arrays())
     for kind, data in files.items():
         atomic_write_bytes(paths[kind], data, overwrite=overwrite)
     return [paths[k] for k in files]

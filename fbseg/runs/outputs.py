@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterable
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fbseg.io import atomic_write_bytes, remove_stale_temporaries
+from fbseg.io import atomic_write_bytes, npz_bytes, remove_stale_temporaries
 from fbseg.result import SegmentationResult
 from fbseg.runs.inputs import InputItem
 from fbseg.viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
@@ -94,11 +93,9 @@ def render_outputs(
             fast=True,
         )
     if opts.save_probs:
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf, probs=result.probs.astype(np.float16), classes=np.array(result.classes)
+        out["probs"] = npz_bytes(
+            {"probs": result.probs.astype(np.float16), "classes": np.array(result.classes)}
         )
-        out["probs"] = buf.getvalue()
     baseline = result.compact_baseline_labels
     if opts.compare and baseline is not None:
         labels = result.compact_labels
