@@ -8,8 +8,8 @@ the readers do not get; on a CPU they share the cores with the model.
 
 Inputs: JPEGs of 300–600 px cut from `assets/` (as the other benchmarks), and label maps
 shaped like a model's: smooth random class scores on a 1/16 grid, upsampled bilinearly,
-argmax (about 15–20 of VOC21's 21 classes per image); the host-only labels for `--compare`
-are the same made with another seed.
+argmax (about 15–20 of VOC21's 21 classes per image; their softmax for `--save-probs`); the
+host-only labels for `--compare` are the same made with another seed.
 
     python benchmarks/bench_outputs.py [--images 40] [--repeats 5] [--json out.json]
     python benchmarks/bench_outputs.py --tree DIR   # another checkout, for a before/after
@@ -41,17 +41,19 @@ MODES = {  # name → OutputOptions fields
     "--overlay": {"overlay": True},
     "--masks per-class": {"masks": "per-class"},
     "--compare": {"compare": True},
+    "--save-probs": {"save_probs": True},
 }
 
 
-def model_like_labels(h: int, w: int, seed: int) -> np.ndarray:
-    """(h, w) uint8: argmax of smooth random scores for ``CLASSES`` classes on a 1/16 grid,
-    upsampled bilinearly, as a sliding-window model's labels look."""
+def model_like(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (h, w) uint8 and probabilities (K, h, w) float32 as a sliding-window model's
+    look: smooth random scores for ``CLASSES`` classes on a 1/16 grid, upsampled bilinearly,
+    softmax and argmax."""
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(1, CLASSES, h // 16 + 1, w // 16 + 1, generator=g)
     scores = scores * 3 * torch.rand(1, CLASSES, 1, 1, generator=g)  # some classes dominate
-    up = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-    return up[0].argmax(0).numpy().astype(np.uint8)
+    up = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return up.argmax(0).numpy().astype(np.uint8), torch.softmax(2 * up, 0).numpy()
 
 
 def results(folder: Path, compare: bool):
@@ -66,17 +68,17 @@ def results(folder: Path, compare: bool):
     for i, path in enumerate(sorted(folder.glob("*.jpg"))):
         rgb = read_image(path)
         h, w = rgb.shape[:2]
-        labels = model_like_labels(h, w, seed=i)
+        labels, probs = model_like(h, w, seed=i)
         stats = np.zeros((3, CLASSES))
         stats[0] = np.bincount(labels.ravel(), minlength=CLASSES)
         stats[1:] = 0.5
         result = SegmentationResult(
             labels,
-            lambda: None,
+            probs,
             classes.labels,
             classes.names,
             {"timings": {"total_s": 0.0}},
-            model_like_labels(h, w, seed=1000 + i) if compare else None,
+            model_like(h, w, seed=1000 + i)[0] if compare else None,
             class_stats=stats,
         )
         out.append((rgb, result, InputItem(path, Path(path.stem), path.name)))

@@ -183,9 +183,9 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-# zlib level of the arrays in an .npz: numpy's level 6 took 1.6× as long for a 21×400×600
-# float16 probability map (360 against 222 ms here), for a file 1% larger (such maps barely
-# compress either way).
+# zlib level of the arrays in an .npz: numpy's level 6 took 1.2–1.6× as long for float16
+# probability maps of 21 classes at 600×400 or less, for files within 1% (such maps barely
+# compress either way; benchmarks/bench_outputs.py).
 NPZ_LEVEL = 1
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # what zipfile stamps an entry with unless told
 
