@@ -33,9 +33,10 @@ WRITER_PROCESSES = {"cpu": False, "cuda": True}
 # 279 against 256; benchmarks/bench_throughput.py).
 READER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
-# node's cores shared among its ranks), up to this many. An overlay takes 10–17 ms of one core
-# for a 450×300 to 600×400 image here (a plain write took about 3× as long on an H200 machine),
-# so a GPU that segments a few hundred images a second needs several writers.
+# node's cores shared among its ranks), up to this many. An image's files take about 9 ms of
+# one core here with an overlay, under 1 ms without (300–600 px, 21 classes;
+# benchmarks/bench_outputs.py; a plain write took about 3× as long on an H200 machine), so a
+# GPU that segments a few hundred images a second needs several writers for overlays.
 # Each holds about 50 MB (numpy, Pillow and fbseg's output code; no torch).
 MAX_WRITER_PROCESSES = 16
 # Windows of one size share a forward up to this many tokens (windows × the larger of CLIP's
