@@ -110,10 +110,11 @@ def test_label_maps_are_indexed_pngs_with_their_palette(shape, classes):
     assert np.array_equal(np.asarray(back.getpalette()[: 3 * classes]).reshape(-1, 3), colours)
 
 
-def test_label_maps_past_256_classes_are_16_bit_grey():
-    labels = np.random.default_rng(0).integers(0, 300, (7, 13)).astype(np.uint16)
-    labels[3, 4] = 299
-    data = indexed_png(labels, palette(300))
+@pytest.mark.parametrize("classes", [257, 300])
+def test_label_maps_past_256_classes_are_16_bit_grey(classes):
+    labels = np.random.default_rng(0).integers(0, classes, (7, 13)).astype(np.uint16)
+    labels[3, 4] = classes - 1
+    data = indexed_png(labels, palette(classes))
     rows, chunks = _decoded(data, colour=0, depth=16, row_bytes=2 * 13)
     assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
     assert np.array_equal(rows[:, 0::2].astype(int) * 256 + rows[:, 1::2], labels)  # big-endian
