@@ -10,12 +10,12 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from fbseg.io import atomic_write_bytes, npz_bytes, remove_stale_temporaries
 from fbseg.result import SegmentationResult
 from fbseg.runs.inputs import InputItem
 from fbseg.viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
+from fbseg.viz.png import rgb_png
 
 
 class MaskMode(str, Enum):
@@ -100,7 +100,7 @@ def render_outputs(
     if opts.compare and baseline is not None:
         labels = result.compact_labels
         out["baseline"] = indexed_png(baseline, colours)
-        out["diff"] = png_bytes(Image.fromarray(disagreement(rgb, baseline, labels)), fast=True)
+        out["diff"] = rgb_png(disagreement(rgb, baseline, labels))
     if opts.masks is MaskMode.PER_CLASS:
         empty = None  # every absent class has the same all-black mask: encoded once
         labels = result.compact_labels
