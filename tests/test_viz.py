@@ -62,7 +62,7 @@ def _decoded(data: bytes, colour: int, depth: int, row_bytes: int) -> tuple[np.n
     return _unfilter_naively(raw, height, row_bytes), chunks
 
 
-@pytest.mark.parametrize("shape", [(37, 53), (1, 1), (1, 9), (9, 1)])
+@pytest.mark.parametrize("shape", [(37, 53), (1, 1), (1, 9), (9, 1), (300, 451)])
 def test_rgb_png_decodes_to_the_same_pixels(shape):
     rng = np.random.default_rng(sum(shape))
     h, w = shape
@@ -154,10 +154,12 @@ from fbseg.viz import binary_png, indexed_png, palette
 from fbseg.viz.png import rgb_png
 rng = np.random.default_rng(3)
 rgb = rng.integers(0, 256, (19, 23, 3), dtype=np.uint8)
+ramp = np.add.outer(np.arange(240), np.arange(320))[..., None] // 3 + np.arange(3) * 40
+photo = (ramp + rng.integers(0, 24, (240, 320, 3))).astype(np.uint8)  # smooth, with grain
 labels = rng.integers(0, 7, (19, 23))
 junk = [bytes(rng.integers(0, 256, 300_000, dtype=np.uint8)) for _ in range(5)]  # a used heap
 del junk
-files = [rgb_png(rgb), indexed_png(labels, palette(7)), binary_png(labels == 2)]
+files = [rgb_png(rgb), rgb_png(photo), indexed_png(labels, palette(7)), binary_png(labels == 2)]
 print(" ".join(hashlib.sha256(f).hexdigest() for f in files))
 """
 
@@ -175,7 +177,7 @@ def test_the_same_pixels_give_the_same_bytes_in_any_process():
     with contextlib.redirect_stdout(printed):
         exec(_ENCODE_AND_DIGEST, {})
     expected = printed.getvalue().split()
-    assert len(expected) == 3
+    assert len(expected) == 4
     for _ in range(3):
         run = subprocess.run(
             [sys.executable, "-c", _ENCODE_AND_DIGEST], capture_output=True, text=True

@@ -33,7 +33,7 @@ WRITER_PROCESSES = {"cpu": False, "cuda": True}
 # 279 against 256; benchmarks/bench_throughput.py).
 READER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
-# node's cores shared among its ranks), up to this many. An image's files take about 9 ms of
+# node's cores shared among its ranks), up to this many. An image's files take about 6 ms of
 # one core here with an overlay, under 1 ms without (300–600 px, 21 classes;
 # benchmarks/bench_outputs.py; a plain write took about 3× as long on an H200 machine), so a
 # GPU that segments a few hundred images a second needs several writers for overlays.

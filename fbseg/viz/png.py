@@ -4,12 +4,14 @@ masks.
 
 Pillow's encoder tries four of PNG's row filters on every row and keeps the best; for an
 indexed 600×400 label map that took 5–7 ms, most of what a writer spent on an image without
-overlay. Here every row uses the "Up" filter (the byte above, one numpy pass), and zlib is
-told what the rows hold: label maps and masks are runs of one value (zlib's run-length
-strategy: about 1.4 ms, a file within 10% of Pillow's), pictures are photographs (level 1).
-The bytes depend on the pixels alone (a resumed run compares files byte for byte), which is
-why the stdlib's zlib is used and not a faster deflate whose output varied between
-processes.
+overlay. Here every row uses the "Up" filter (the byte above, one numpy pass), and the
+deflate suits what the rows hold: label maps and masks are runs of one value (zlib's
+run-length strategy: about 1.4 ms, a file within 10% of Pillow's); pictures are photographs,
+where libdeflate at its fastest level takes less than half of zlib level 1's time, for files
+about 3% smaller (an overlay's deflate was most of what a writer spent on it;
+benchmarks/bench_outputs.py). The bytes depend on the pixels alone, in any process (a
+resumed run compares files byte for byte; both libraries are deterministic for a given
+version, which ISA-L, tried before, was not between processes).
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ from __future__ import annotations
 import struct
 import zlib
 
+import deflate as libdeflate
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILTER_NONE, FILTER_UP = 0, 2
 COLOUR_GREY, COLOUR_RGB, COLOUR_INDEXED = 0, 2, 3
-PICTURE_LEVEL = 1  # zlib's fastest level: photographs barely gain from more search
+PICTURE_LEVEL = 1  # libdeflate's fastest: photographs barely gain from more search
 MAX_PALETTE = 256
 
 
 def deflate(data: bytes, runs: bool) -> bytes:
-    """A zlib stream (RFC 1950) of ``data``, as PNG's IDAT holds it: run-length matches
-    only for ``runs`` (label maps, masks), else level 1."""
+    """A zlib stream (RFC 1950) of ``data``, as PNG's IDAT holds it: zlib's run-length
+    matches for ``runs`` (label maps, masks), else libdeflate's fastest level (pictures)."""
     if not runs:
-        return zlib.compress(data, PICTURE_LEVEL)
+        return libdeflate.zlib_compress(data, PICTURE_LEVEL)
     packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     return packer.compress(data) + packer.flush()
 
