@@ -1,13 +1,10 @@
-"""Reading images (any mode, EXIF orientation, size limit), writing files atomically, and the
-bytes of a compressed ``.npz``."""
+"""Reading images (any mode, EXIF orientation, size limit) and writing files atomically."""
 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
@@ -181,26 +178,3 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-
-
-# zlib level of the arrays in an .npz: numpy's level 6 took 1.2–1.6× as long for float16
-# probability maps of 21 classes at 600×400 or less, for files within 1% (such maps barely
-# compress either way; benchmarks/bench_outputs.py).
-NPZ_LEVEL = 1
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # what zipfile stamps an entry with unless told
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``np.savez_compressed`` of ``arrays`` at zlib level ``NPZ_LEVEL`` (what ``np.load``
-    reads). Every entry carries one fixed time, so the bytes depend on the arrays alone (a
-    resumed run compares the files a killed run finished byte for byte)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            raw = io.BytesIO()
-            np.lib.format.write_array(raw, np.asanyarray(array), allow_pickle=False)
-            entry = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            archive.writestr(
-                entry, raw.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL
-            )
-    return buf.getvalue()

@@ -156,26 +156,3 @@ def test_stale_temporaries_of_the_given_names_go_each_folder_listed_once(tmp_pat
     assert remove_stale_temporaries(paths * 50) == 3
     assert sorted(listed) == sorted(map(os.fspath, [a, b, tmp_path / "missing"]))
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
-
-
-def test_npz_bytes_load_back_and_do_not_depend_on_the_clock(monkeypatch):
-    import io
-    import time
-
-    from fbseg.io import npz_bytes
-
-    rng = np.random.default_rng(0)
-    arrays = {
-        "probs": rng.random((3, 5, 7)).astype(np.float16),
-        "classes": np.array(["cat", "sofa; couch", "Ÿ"]),
-        "grid": np.arange(6).reshape(2, 3),
-    }
-    first = npz_bytes(arrays)
-    loaded = np.load(io.BytesIO(first))
-    assert sorted(loaded.files) == sorted(arrays)
-    for name, array in arrays.items():
-        assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array)
-    later = time.time() + 3 * 86400  # another day: any time stamp would differ
-    monkeypatch.setattr(time, "time", lambda: later)
-    monkeypatch.setattr(time, "localtime", lambda t=None: time.gmtime(later))
-    assert npz_bytes(arrays) == first

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fbseg.errors import OutputError
-from fbseg.io import atomic_write_bytes, npz_bytes
+from fbseg.io import atomic_write_bytes
+from fbseg.npz import npz_bytes
 from fbseg.viz import png_bytes
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fbseg.io import atomic_write_bytes, npz_bytes, remove_stale_temporaries
+from fbseg.io import atomic_write_bytes, remove_stale_temporaries
+from fbseg.npz import npz_bytes
 from fbseg.result import SegmentationResult
 from fbseg.runs.inputs import InputItem
 from fbseg.viz import binary_png, disagreement, indexed_png, overlay, palette, png_bytes
