@@ -2,8 +2,8 @@
 of ``.npy`` files (what ``np.load`` reads), each deflated by libdeflate at its fastest level.
 
 A K×H×W float16 probability map barely compresses (by about an eighth), and compressing it
-was most of what a writer spent on such an image: zlib level 1 took about 190 ms for a
-600×400 map of 21 classes, libdeflate about 65 ms, for files 1% larger
+was most of what a writer spent on such an image: a ``--save-probs`` write of 21 classes at
+300–600 px took 146–158 ms with zlib level 1, 66–73 ms with libdeflate, for files 1% larger
 (benchmarks/bench_outputs.py). Python's zipfile compresses with zlib only, so the archive is
 laid out here (PKWARE's APPNOTE: local headers, the central directory, its end record, and
 ZIP64 records where a size or an offset reaches 4 GiB). Every entry carries one fixed time,
