@@ -43,7 +43,8 @@ MAX_WRITER_PROCESSES = 16
 # and the host's own model's tokens per window): 32 CLIP B/16 windows of 336² (441 tokens),
 # 8 with ProxyCLIP's DINO B/8 proxy (1764 tokens). Small batches leave a GPU waiting on the
 # host; on an H200 NACLIP ran 1.6× faster at 32 windows per forward than at 8, ProxyCLIP
-# 14% slower at 32 than at 8 (benchmarks/bench_throughput.py --windows).
+# 14% slower at 32 than at 8 (benchmarks/bench_throughput.py --windows, in a version that
+# did not yet warm every call it timed: a new batch shape's first use was timed too).
 TOKENS_PER_FORWARD = 32 * 441
 # Whether a Segmenter beside a GPU replays its window-batch forwards as CUDA graphs
 # (fbseg/pipeline/graphs.py) unless told. Off until a GPU run of
