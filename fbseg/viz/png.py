@@ -29,9 +29,10 @@ PICTURE_LEVEL = 1  # libdeflate's fastest: photographs barely gain from more sea
 MAX_PALETTE = 256
 
 
-def deflate(data: bytes, runs: bool) -> bytes:
-    """A zlib stream (RFC 1950) of ``data``, as PNG's IDAT holds it: zlib's run-length
-    matches for ``runs`` (label maps, masks), else libdeflate's fastest level (pictures)."""
+def deflate(data: bytes | np.ndarray, runs: bool) -> bytes:
+    """A zlib stream (RFC 1950) of ``data`` (bytes, or a C-contiguous array read as its
+    bytes), as PNG's IDAT holds it: zlib's run-length matches for ``runs`` (label maps,
+    masks), else libdeflate's fastest level (pictures)."""
     if not runs:
         return libdeflate.zlib_compress(data, PICTURE_LEVEL)
     packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
@@ -70,7 +71,7 @@ def _png(
     chunks = [_chunk(b"IHDR", header)]
     if palette:
         chunks.append(_chunk(b"PLTE", palette))
-    chunks += [_chunk(b"IDAT", deflate(rows.tobytes(), runs)), _chunk(b"IEND", b"")]
+    chunks += [_chunk(b"IDAT", deflate(rows, runs)), _chunk(b"IEND", b"")]  # no copy of rows
     return PNG_SIGNATURE + b"".join(chunks)
 
 
