@@ -1,5 +1,6 @@
 """How often fp16 / bf16 labels agree with fp32 (the backbones in low precision, FSA's decision
-always in fp32), on the photos in assets/, per host.
+always in fp32), on the photos in assets/, per host; and whether the probabilities rounded to
+float16 on the device for ``--save-probs`` have numpy's bits, for every float32 in [0, 1].
 
 Without --checkpoint/--proxy-checkpoint, random ViT-B-16 and DINO ViT-B/8 weights are written
 to a temporary folder and loaded as the default network (``--pretrained openai``: QuickGELU):
@@ -48,6 +49,26 @@ def agreement(ref_labels: np.ndarray, ref_probs: np.ndarray, labels: np.ndarray)
     }
 
 
+def rounding_check(device: str, chunk: int = 2**26) -> dict:
+    """Whether the probabilities that ``--save-probs`` stores, rounded to float16 on
+    ``device`` (``lazy_probs``), have numpy's bits for every float32 in [0, 1]: the files
+    were rounded by numpy before, and a resumed run compares them byte for byte."""
+    import torch
+
+    from fbseg.pipeline.postprocess import lazy_probs
+
+    one = int(np.float32(1).view(np.uint32))
+    differ = 0
+    for start in range(0, one + 1, chunk):
+        bits = np.arange(start, min(start + chunk, one + 1), dtype=np.uint32)
+        values = torch.from_numpy(bits.view(np.float32)).to(device)
+        half = lazy_probs(lambda v=values: v, torch.float16)()
+        differ += int(
+            (half.view(np.uint16) != bits.view(np.float32).astype(np.float16).view(np.uint16)).sum()
+        )
+    return {"device": device, "values": one + 1, "differ": differ}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
@@ -60,6 +81,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--proxy-checkpoint", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-rounding", action="store_true", help="skip the float16 rounding check")
     args = ap.parse_args()
     from fbseg.pipeline.segmenter import Segmenter
 
@@ -115,8 +137,15 @@ def main() -> None:
         f"device: {rows[0]['device'] if rows else '-'}; random weights unless --checkpoint given",
         file=sys.stderr,
     )
+    rounding = None
+    if not args.no_rounding and rows:
+        rounding = rounding_check(rows[0]["device"])
+        print(
+            f"float16 rounding on {rounding['device']}: {rounding['differ']} of every "
+            f"{rounding['values']:,} float32 in [0, 1] differ from numpy's"
+        )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "rounding": rounding}, indent=2))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ class SegmentationResult:
     to the host — the summary needs no probabilities). ``class_stats`` (3, K): pixel count,
     mean confidence over the class's pixels, max confidence; computed from labels and probs
     when not given.
+
+    ``probs_float16`` (K, H, W) is ``probs`` rounded to the nearest float16, what
+    ``--save-probs`` stores. An engine may give it, or a function that rounds the map where it
+    keeps it (on its device: half the bytes cross to the host, and a writer process receives
+    half); else it is rounded from ``probs``.
     """
 
     __slots__ = (
@@ -76,6 +81,8 @@ class SegmentationResult:
         "_converted",
         "_probs",
         "_probs_fn",
+        "_probs16",
+        "_probs16_fn",
         "_stats",
         "_lock",
         "__weakref__",
@@ -91,6 +98,7 @@ class SegmentationResult:
         baseline_labels: np.ndarray | None = None,
         *,
         class_stats: np.ndarray | None = None,
+        probs_float16: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> None:
         self._labels = labels
         self.classes = tuple(classes)
@@ -99,20 +107,25 @@ class SegmentationResult:
         self._baseline = baseline_labels
         self._converted: dict[tuple[str, np.dtype], np.ndarray] = {}
         self._probs, self._probs_fn = (None, probs) if callable(probs) else (probs, None)
+        self._probs16, self._probs16_fn = (
+            (None, probs_float16) if callable(probs_float16) else (probs_float16, None)
+        )
         self._stats = class_stats
         self._lock = threading.Lock()
 
     def __reduce__(self):
         """Pickled (to a writer process) with its probabilities only if they were formed
-        already: read ``probs`` first to send them; a lazy map stays on its device. Labels
-        travel in the narrowest integer type their classes need (uint8 up to 256)."""
+        already: read ``probs`` or ``probs_float16`` first to send them; a lazy map stays on
+        its device. Labels travel in the narrowest integer type their classes need (uint8 up
+        to 256)."""
         with self._lock:
-            probs = self._probs
+            probs, probs16 = self._probs, self._probs16
         return (
             _unpickled,
             (
                 self.compact_labels,
                 probs,
+                probs16,
                 self.classes,
                 self.names,
                 self.meta,
@@ -161,10 +174,29 @@ class SegmentationResult:
         """(K, H, W) float32; computed on first access when the engine left it on its device
         (the device copy is released then)."""
         with self._lock:
-            if self._probs is None:
-                self._probs = self._probs_fn()
-                self._probs_fn = None
-            return self._probs
+            return self._formed_probs()
+
+    @property
+    def probs_float16(self) -> np.ndarray:
+        """(K, H, W) float16: ``probs`` rounded to the nearest (ties to even, as numpy's
+        ``astype`` rounds); formed once, by the engine's function while ``probs`` is not
+        formed yet."""
+        with self._lock:
+            if self._probs16 is None:
+                if self._probs is None and self._probs16_fn is not None:
+                    self._probs16 = self._probs16_fn()
+                else:
+                    self._probs16 = self._formed_probs().astype(np.float16)
+                self._probs16_fn = None
+            return self._probs16
+
+    def _formed_probs(self) -> np.ndarray:
+        """``probs``, formed now if it is not yet (the device copy is released then); the
+        caller holds the lock."""
+        if self._probs is None:
+            self._probs = self._probs_fn()
+            self._probs_fn = self._probs16_fn = None
+        return self._probs
 
     @property
     def class_stats(self) -> np.ndarray:
@@ -237,11 +269,12 @@ class SegmentationResult:
 
 def _probs_not_sent() -> np.ndarray:
     raise ValueError(
-        "this result was sent without its probabilities (read .probs before sending it)"
+        "this result was sent without these probabilities "
+        "(read .probs or .probs_float16 before sending it)"
     )
 
 
-def _unpickled(labels, probs, classes, names, meta, baseline_labels, class_stats):
+def _unpickled(labels, probs, probs16, classes, names, meta, baseline_labels, class_stats):
     return SegmentationResult(
         labels,
         _probs_not_sent if probs is None else probs,
@@ -250,6 +283,7 @@ def _unpickled(labels, probs, classes, names, meta, baseline_labels, class_stats
         meta,
         baseline_labels,
         class_stats=class_stats,
+        probs_float16=probs16,
     )
 
 

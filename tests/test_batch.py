@@ -304,7 +304,8 @@ def test_a_killed_run_with_saved_probabilities_resumes(tmp_path, fast, monkeypat
     r = run(args)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "cat.json").read_text())["classes"][0]["class"] == "cat"
-    assert np.load(tmp_path / "cat.probs.npz")["probs"].shape[0] == 2
+    saved = np.load(tmp_path / "cat.probs.npz")["probs"]
+    assert saved.shape[0] == 2 and saved.dtype == np.float16
 
 
 def test_a_run_lists_its_output_folder_once_whatever_it_holds(tmp_path, fast, monkeypatch):
@@ -447,7 +448,8 @@ def test_proxyclip_counts_its_proxys_tokens(proxy, timm_name, size, expected):
 
 
 def _lazy_fake_result(rgb):
-    """As ``_fake_result``, its probabilities formed on first access (as beside a GPU)."""
+    """As ``_fake_result``, its probabilities formed on first access, in float32 or float16
+    (as beside a GPU)."""
     done = _fake_result(rgb)
     return type(done)(
         done.labels,
@@ -456,6 +458,7 @@ def _lazy_fake_result(rgb):
         done.names,
         {"timings": {"total_s": 0.0}},
         class_stats=done.class_stats,
+        probs_float16=lambda: done.probs.astype(np.float16),
     )
 
 
@@ -515,7 +518,15 @@ def test_a_pickled_result_carries_probabilities_only_once_formed():
     assert len(pickle.dumps(large)) < large.labels.nbytes / 4  # 1 byte per pixel, not 8
     np.testing.assert_array_equal(copy.class_stats, lazy.class_stats)
     assert copy.summary() == lazy.summary() and copy.classes == lazy.classes
-    with pytest.raises(ValueError, match="without its probabilities"):
+    with pytest.raises(ValueError, match="without these probabilities"):
+        copy.probs  # noqa: B018
+    with pytest.raises(ValueError, match="without these probabilities"):
+        copy.probs_float16  # noqa: B018
+    half = _lazy_fake_result(rgb)
+    half.probs_float16  # noqa: B018 (formed: sent along, alone)
+    copy = pickle.loads(pickle.dumps(half))
+    np.testing.assert_array_equal(copy.probs_float16, half.probs_float16)
+    with pytest.raises(ValueError, match="without these probabilities"):
         copy.probs  # noqa: B018
     lazy.probs  # noqa: B018 (formed now: sent along)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(lazy)).probs, lazy.probs)

@@ -200,6 +200,87 @@ def test_probs_are_computed_once_on_first_access():
     assert r.summary()[0].mean_confidence == 0.5 and r.summary()[1].pixel_fraction == 0.0
 
 
+def test_float16_probabilities_come_from_the_engine_until_probs_is_formed():
+    """``probs_float16`` is formed by the engine's function (on its device) while the float32
+    map is not formed, once whatever the threads; once ``probs`` is formed it is rounded from
+    that, and the engine's functions (holding device memory) are let go."""
+    values = np.random.default_rng(0).random((2, 3, 4), dtype=np.float32)
+    made = []
+
+    def compute() -> np.ndarray:
+        made.append(32)
+        return values
+
+    def compute16() -> np.ndarray:
+        made.append(16)
+        return values.astype(np.float16)
+
+    def result() -> SegmentationResult:
+        labels = np.zeros((3, 4), np.int64)
+        return SegmentationResult(
+            labels, compute, ("a", "b"), (("a",), ("b",)), probs_float16=compute16
+        )
+
+    r = result()
+    threads = [threading.Thread(target=lambda: r.probs_float16) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == [16] and r.probs_float16 is r.probs_float16
+    r.probs  # noqa: B018
+    assert made == [16, 32] and r.probs_float16.dtype == np.float16
+    made.clear()
+
+    class Rounder:  # holds device memory in an engine's result
+        def __call__(self) -> np.ndarray:
+            return compute16()
+
+    rounder = Rounder()
+    held = weakref.ref(rounder)
+    r = SegmentationResult(
+        np.zeros((3, 4), np.int64), compute, ("a", "b"), (("a",), ("b",)), probs_float16=rounder
+    )
+    del rounder
+    r.probs  # noqa: B018
+    gc.collect()
+    assert held() is None  # let go once probs is formed
+    half = r.probs_float16
+    assert made == [32]
+    np.testing.assert_array_equal(half.view(np.uint16), values.astype(np.float16).view(np.uint16))
+    plain = SegmentationResult(np.zeros((3, 4), np.int64), values, ("a", "b"), (("a",), ("b",)))
+    assert plain.probs_float16.dtype == np.float16
+
+
+def _float16_rounding_cases() -> np.ndarray:
+    """float32 values where rounding to float16 is decided, both signs: every float16 value
+    (subnormals included), the midpoint between each two neighbours (a tie, to even) and the
+    float32 values either side of it, the overflow tie 65520 and its neighbours, infinity; and
+    probabilities drawn at random."""
+    steps = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    ties = (steps[:-1] + steps[1:]) / 2  # exact in float32: a float16 has 11 significant bits
+    ties = np.append(ties, 65520.0).astype(np.float32)
+    below = np.nextafter(ties, np.float32(0))
+    above = np.nextafter(ties, np.float32(np.inf))
+    random = np.random.default_rng(0).random(100_000, dtype=np.float32)
+    positive = np.concatenate([steps.astype(np.float32), ties, below, above, random, [np.inf]])
+    return np.concatenate([positive, -positive]).astype(np.float32)
+
+
+def test_probabilities_rounded_on_the_device_as_numpy_rounds_them():
+    """``lazy_probs(…, float16)`` rounds with torch on the map's device; the files it feeds
+    were written from numpy's ``astype`` before, and a resumed run compares them byte for
+    byte: every case where the rounding is decided gives numpy's bits."""
+    values = _float16_rounding_cases()
+    half = postprocess.lazy_probs(lambda: torch.from_numpy(values), torch.float16)()
+    assert half.dtype == np.float16
+    with np.errstate(over="ignore"):  # 65520 and above round to infinity, as they should
+        expected = values.astype(np.float16)
+    np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
+    single = postprocess.lazy_probs(lambda: torch.from_numpy(values).half())()
+    assert single.dtype == np.float32
+
+
 @pytest.mark.parametrize("settings", [{}, {"refine": Refinement.PAMR, "prob_threshold": 0.3}])
 def test_probs_formed_again_when_read_equal_the_kept_ones(tiny_clip, monkeypatch, settings):
     """On an accelerator a result lets its probabilities go and forms them again from the
@@ -210,10 +291,19 @@ def test_probs_formed_again_when_read_equal_the_kept_ones(tiny_clip, monkeypatch
     kept = seg.segment_batch(images, "cat,sofa; couch,floor", compare=True)
     monkeypatch.setattr(postprocess, "keeps_probs", lambda device: False)
     formed = seg.segment_batch(images, "cat,sofa; couch,floor", compare=True)
-    for a, b in zip(kept, formed):
+    again = seg.segment_batch(images, "cat,sofa; couch,floor", compare=True)
+    for a, b, c in zip(kept, formed, again):
+        np.testing.assert_array_equal(c.probs_float16.view(np.uint16), _rounded(a.probs))
+        np.testing.assert_array_equal(b.probs_float16.view(np.uint16), _rounded(a.probs))
+        np.testing.assert_array_equal(a.probs_float16.view(np.uint16), _rounded(a.probs))
         np.testing.assert_array_equal(a.probs, b.probs)
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.class_stats, b.class_stats)
+
+
+def _rounded(probs: np.ndarray) -> np.ndarray:
+    """``probs`` rounded to float16 by numpy, as bits."""
+    return probs.astype(np.float16).view(np.uint16)
 
 
 def test_a_folder_run_keeps_digests_not_arrays(tmp_path, tiny_clip):

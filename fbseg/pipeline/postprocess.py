@@ -436,12 +436,17 @@ def _post_process_pass(
     ]
 
 
-def lazy_probs(recompute: Callable[[], torch.Tensor]) -> Callable[[], np.ndarray]:
-    """``recompute`` run on demand, in inference mode, as float32 numpy."""
+def lazy_probs(
+    recompute: Callable[[], torch.Tensor], dtype: torch.dtype = torch.float32
+) -> Callable[[], np.ndarray]:
+    """``recompute`` run on demand, in inference mode, as numpy of ``dtype``, converted on
+    the tensor's device. float16 moves half the bytes to the host and is rounded as numpy's
+    ``astype`` rounds (to nearest, ties to even); on a CPU torch's conversion takes about a
+    fifth of numpy's time (4.7 against 23 ms for a 21×400×600 map)."""
 
     def probs() -> np.ndarray:
         with torch.inference_mode():
-            return recompute().float().cpu().numpy()
+            return recompute().to(dtype).cpu().numpy()
 
     return probs
 
@@ -476,6 +481,7 @@ def results_from_device(
             SegmentationResult(
                 labels=labels,
                 probs=lazy_probs(p.probs),
+                probs_float16=lazy_probs(p.probs, torch.float16),
                 classes=classes,
                 names=names,
                 baseline_labels=baseline,

@@ -95,7 +95,7 @@ def render_outputs(
         )
     if opts.save_probs:
         out["probs"] = npz_bytes(
-            {"probs": result.probs.astype(np.float16), "classes": np.array(result.classes)}
+            {"probs": result.probs_float16, "classes": np.array(result.classes)}
         )
     baseline = result.compact_baseline_labels
     if opts.compare and baseline is not None:

@@ -271,13 +271,14 @@ def _submit_writes(
 ) -> None:
     """Hand the images' outputs to the writers, ``per_call`` images per call. A process gets
     an image's pixels only when an output shows them, and the probabilities only for
-    ``save_probs`` (formed here first if the engine left them on its device)."""
+    ``save_probs``, as float16 (formed here first if the engine left them on its device:
+    rounded there, half the bytes cross)."""
     shows_pixels = not processes or opts.overlay or opts.compare
     for share in _chunked(entries, per_call):
         jobs = []
         for entry in share:
             if processes and opts.save_probs:
-                entry.result.probs  # noqa: B018 (formed on this side, where the device is)
+                entry.result.probs_float16  # noqa: B018 (formed on this side, by the device)
             jobs.append(
                 (entry.item, entry.paths, entry.rgb if shows_pixels else None, entry.result)
             )
