@@ -15,7 +15,8 @@ DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks 
 with ``--model-only``, measures only what every version has (``Segmenter.from_pretrained``,
 ``prepare``, ``segment_batch``): run it beside a plain run on the same card for a ratio.
 ``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
-device's defaults; ``--windows 8 32`` measures the largest images-per-call setting at other
+device's defaults, and ``--worker-nice 10`` with its reader and writer processes at that
+niceness; ``--windows 8 32`` measures the largest images-per-call setting at other
 window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing pass sizes (0:
 image by image), counting that call's operations too. On CUDA each model-only row counts
 the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
@@ -29,8 +30,10 @@ kernel, model-only rows (with ``--windows``, at those window batches too) and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -413,6 +416,11 @@ def main() -> None:
         default=[],
         help="other DIR reader threads (and writer threads where writers are threads)",
     )
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        help="also run segment DIR (plain, --overlay) with the worker processes at this niceness",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     try:
@@ -599,6 +607,17 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             what += ", decoding in threads" if read_apart is False else ""
             what += ", writer threads)" if write_apart is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
+        if processes and args.worker_nice is not None:  # the same, workers yielding cores
+            for label, outputs in (
+                ("segment DIR", {}),
+                ("segment DIR --overlay", {"overlay": True}),
+            ):
+                with workers_niced(args.worker_nice):
+                    r = folder_run(default_group, writer_processes=True, **outputs)
+                what = f"{label} (group {default_group}, workers at nice {args.worker_nice})"
+                _add(
+                    report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
+                )
         if graphs:  # model only, then the default run, its forwards replayed as CUDA graphs
             graph_best = graph_rows(args, seg, prepared, classes, flops, report, host)
             with_graphs(seg)
@@ -624,6 +643,26 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             reference_form.restore()
     report["device"] = device_name(device)
     return report
+
+
+@contextlib.contextmanager
+def workers_niced(niceness: int):
+    """Reader and writer processes started meanwhile run at ``niceness``: where they contend
+    for a core with the thread that drives the model, the scheduler favours that thread."""
+    from fbseg.runs import worker_pool
+
+    start = worker_pool._start_worker
+
+    def niced():
+        worker = start()
+        os.setpriority(os.PRIO_PROCESS, worker.pid, niceness)
+        return worker
+
+    worker_pool._start_worker = niced
+    try:
+        yield
+    finally:
+        worker_pool._start_worker = start
 
 
 def with_graphs(seg) -> None:
