@@ -182,6 +182,15 @@ def test_labels_given_in_any_integer_type_read_back_alike(K, narrow):
         np.testing.assert_array_equal(result.compact_labels, values)
 
 
+def _read_in_threads(read, count: int = 4) -> None:
+    """``read`` called from ``count`` threads at once."""
+    threads = [threading.Thread(target=read) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_probs_are_computed_once_on_first_access():
     made = []
 
@@ -191,11 +200,7 @@ def test_probs_are_computed_once_on_first_access():
 
     r = SegmentationResult(np.zeros((3, 4), np.int64), compute, ("a", "b"), (("a",), ("b",)))
     assert made == []
-    threads = [threading.Thread(target=lambda: r.probs) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _read_in_threads(lambda: r.probs)
     assert made == [1] and r.probs is r.probs
     assert r.summary()[0].mean_confidence == 0.5 and r.summary()[1].pixel_fraction == 0.0
 
@@ -222,11 +227,7 @@ def test_float16_probabilities_come_from_the_engine_until_probs_is_formed():
         )
 
     r = result()
-    threads = [threading.Thread(target=lambda: r.probs_float16) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _read_in_threads(lambda: r.probs_float16)
     assert made == [16] and r.probs_float16 is r.probs_float16
     r.probs  # noqa: B018
     assert made == [16, 32] and r.probs_float16.dtype == np.float16
