@@ -141,8 +141,8 @@ def main() -> None:
     if not args.no_rounding and rows:
         rounding = rounding_check(rows[0]["device"])
         print(
-            f"float16 rounding on {rounding['device']}: {rounding['differ']} of every "
-            f"{rounding['values']:,} float32 in [0, 1] differ from numpy's"
+            f"float16 rounding on {rounding['device']}: {rounding['differ']} of the "
+            f"{rounding['values']:,} float32 values in [0, 1] differ from numpy's"
         )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "rounding": rounding}, indent=2))
