@@ -220,13 +220,9 @@ def test_float16_probabilities_come_from_the_engine_until_probs_is_formed():
         made.append(16)
         return values.astype(np.float16)
 
-    def result() -> SegmentationResult:
-        labels = np.zeros((3, 4), np.int64)
-        return SegmentationResult(
-            labels, compute, ("a", "b"), (("a",), ("b",)), probs_float16=compute16
-        )
-
-    r = result()
+    r = SegmentationResult(
+        np.zeros((3, 4), np.int64), compute, ("a", "b"), (("a",), ("b",)), probs_float16=compute16
+    )
     _read_in_threads(lambda: r.probs_float16)
     assert made == [16] and r.probs_float16 is r.probs_float16
     r.probs  # noqa: B018
