@@ -161,12 +161,14 @@ def test_segment_compare_writes_baseline_and_diff(tmp_path, tiny_ckpt):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(
+# on the tests themselves: a mark on a helper they call does nothing
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or shutil.which("chromedriver") is None,
-    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)",
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+    "chromium-driver; .ci/run installs them)",
 )
+
+
 def _headless_chromium(tmp_path):
     from selenium import webdriver
 
@@ -189,6 +191,7 @@ def _headless_chromium(tmp_path):
     )
 
 
+@needs_chromium
 def test_html_page_in_a_real_headless_browser(explained, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -231,10 +234,7 @@ def test_html_page_in_a_real_headless_browser(explained, tmp_path):
         driver.quit()
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM and shutil.which("chromedriver")),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
+@needs_chromium
 def test_html_page_offers_the_refined_mask(explained, tmp_path):
     """With PAMR the page offers a third mask, which draws differently from the FSA one."""
     from selenium.webdriver.common.by import By
