@@ -15,8 +15,9 @@ DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks 
 with ``--model-only``, measures only what every version has (``Segmenter.from_pretrained``,
 ``prepare``, ``segment_batch``): run it beside a plain run on the same card for a ratio.
 ``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
-device's defaults, and ``--worker-nice 10`` with its reader and writer processes at that
-niceness; ``--windows 8 32`` measures the largest images-per-call setting at other
+device's defaults, ``--writers 6 8`` with that many writer processes (fewer leave more cores
+to the thread that drives the model), and ``--worker-nice 10`` with its reader and writer
+processes at that niceness; ``--windows 8 32`` measures the largest images-per-call setting at other
 window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing pass sizes (0:
 image by image), counting that call's operations too. On CUDA each model-only row counts
 the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
@@ -283,6 +284,7 @@ def end_to_end(
     io_threads: int | None = None,
     writer_processes: bool | None = None,
     reader_processes: bool | None = None,
+    writers: int | None = None,
     **outputs,
 ) -> dict:
     """``segment_folder``'s steady rate (``steady_rate``, after a warm-up run); the fixed cost
@@ -302,6 +304,8 @@ def end_to_end(
         run_args["writer_processes"] = writer_processes
     if reader_processes is not None:
         run_args["reader_processes"] = reader_processes
+    if writers:
+        run_args["writers"] = writers
     segment_folder(seg, [str(folder)], classes, opts, **run_args)  # warm-up run
     _sync(seg.device)
     busy = {"read": 0.0, "model": 0.0, "write": 0.0}
@@ -420,6 +424,13 @@ def main() -> None:
         "--worker-nice",
         type=int,
         help="also run segment DIR (plain, --overlay) with the worker processes at this niceness",
+    )
+    ap.add_argument(
+        "--writers",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run segment DIR (plain, --overlay) with this many writer processes",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -615,6 +626,16 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                 with workers_niced(args.worker_nice):
                     r = folder_run(default_group, writer_processes=True, **outputs)
                 what = f"{label} (group {default_group}, workers at nice {args.worker_nice})"
+                _add(
+                    report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
+                )
+        for count in args.writers if processes else []:  # fewer writers: cores for the model
+            for label, outputs in (
+                ("segment DIR", {}),
+                ("segment DIR --overlay", {"overlay": True}),
+            ):
+                r = folder_run(default_group, writer_processes=True, writers=count, **outputs)
+                what = f"{label} (group {default_group}, {count} writer processes)"
                 _add(
                     report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
                 )

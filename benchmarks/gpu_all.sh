@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 # shellcheck disable=SC2086
 $PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
-    --hosts $HOSTS --windows 16 32 --post-pass-mb 0 --groups 1 16 --io-threads 8 --worker-nice 10 \
+    --hosts $HOSTS --windows 16 32 --post-pass-mb 0 --groups 1 16 --io-threads 8 --worker-nice 10 --writers 6 8 \
     --json "$OUT/throughput.json" 2>&1 \
     | tee "$OUT/throughput.txt"
 if [ -n "$BASE" ]; then

@@ -709,6 +709,55 @@ def test_worker_processes_take_a_share_of_a_group_per_message(tmp_path, monkeypa
     assert writes == [1, 1, 1, 2, 2, 2]
 
 
+def test_a_group_is_split_evenly_among_the_writer_processes(tmp_path, monkeypatch):
+    """Every writer process gets a share of a group: 7 images for 3 writers go as 3, 2 and 2
+    (not 3, 3 and 1, which leaves a writer idle while another writes a third image), in
+    order, each written once."""
+    from fbseg.runs.worker_pool import WorkerPool
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        Image.fromarray(random_image(10 + i, 12, seed=i)).save(src / f"im{i}.png")
+    messages = []
+    submit = WorkerPool.submit
+
+    def spy(pool, fn, jobs, *args):
+        messages.append([Path(job[0].display).name for job in jobs])
+        return submit(pool, fn, jobs, *args)
+
+    monkeypatch.setattr(WorkerPool, "submit", spy)
+    outcomes = list(
+        stream_items(
+            collect_inputs([str(src)]).items,
+            lambda payloads: [_fake_result(p) for p in payloads],
+            OutputOptions(out_dir=tmp_path / "out"),
+            images_per_group=7,
+            writers=3,
+            writer_processes=True,
+        )
+    )
+    assert [o.status for o in outcomes] == [ItemStatus.DONE] * 7
+    names = [f"im{i}.png" for i in range(7)]
+    assert messages == [names[:3], names[3:5], names[5:]]
+    assert all((tmp_path / "out" / f"im{i}.mask.png").exists() for i in range(7))
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5, 11, 16, 20])
+def test_even_shares_deal_the_items_as_evenly_as_they_divide(parts):
+    from fbseg.runs.stream import even_shares
+
+    for n in range(0, 40):
+        items = list(range(n))
+        shares = even_shares(items, parts)
+        # dealt one by one to min(parts, n) piles, the first piles taking the remainder
+        expected_sizes = [0] * min(parts, n)
+        for i in range(n):
+            expected_sizes[i % len(expected_sizes)] += 1
+        assert [len(share) for share in shares] == expected_sizes
+        assert [x for share in shares for x in share] == items
+
+
 def test_a_write_share_whose_process_died_is_retried_alone_while_the_writers_are_open():
     from concurrent.futures import Future
 

@@ -267,14 +267,16 @@ def _writers(count: int, processes: bool) -> Executor:
 
 
 def _submit_writes(
-    writer: Executor, entries: list[_Loaded], opts: OutputOptions, processes: bool, per_call: int
+    writer: Executor, entries: list[_Loaded], opts: OutputOptions, processes: bool, calls: int
 ) -> None:
-    """Hand the images' outputs to the writers, ``per_call`` images per call. A process gets
-    an image's pixels only when an output shows them, and the probabilities only for
-    ``save_probs``, as float16 (formed here first if the engine left them on its device:
-    rounded there, half the bytes cross)."""
+    """Hand the images' outputs to the writers in ``calls`` calls of consecutive images (as
+    even as they divide: with 11 writers a group of 16 goes as 5 calls of 2 and 6 of 1, so
+    every writer gets a share, not 8 of them 2 each). A process gets an image's pixels only
+    when an output shows them, and the probabilities only for ``save_probs``, as float16
+    (formed here first if the engine left them on its device: rounded there, half the bytes
+    cross)."""
     shows_pixels = not processes or opts.overlay or opts.compare
-    for share in _chunked(entries, per_call):
+    for share in even_shares(entries, calls):
         jobs = []
         for entry in share:
             if processes and opts.save_probs:
@@ -293,6 +295,19 @@ def _submit_writes(
 def _chunked(items: Sequence, size: int) -> list[Sequence]:
     """``items`` in consecutive slices of ``size`` (the last may be shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def even_shares(items: Sequence, parts: int) -> list[Sequence]:
+    """``items`` in ``min(parts, len(items))`` consecutive slices whose lengths differ by at
+    most one, the longer first."""
+    parts = min(parts, len(items))
+    if parts < 1:
+        return []
+    size, longer = divmod(len(items), parts)
+    bounds = [0]
+    for k in range(parts):
+        bounds.append(bounds[-1] + size + (k < longer))
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _segment_group(todo: list[_Loaded], segment_batch: Callable[[list], list]) -> list[tuple]:
@@ -343,11 +358,11 @@ def stream_items(
     is skipped unless ``opts.overwrite``. On KeyboardInterrupt the writes already started
     are finished and reported, then KeyboardInterrupt is raised again.
     """
-    # images per reader call and per writer call: a group's share of each process; a thread
-    # takes one at a time (its hand-offs are cheap, and one image spreads the work best)
+    # images per reader call: a group's share of each process; a thread takes one at a time
+    # (its hand-offs are cheap, and one image spreads the work best); writers likewise get a
+    # group in one call per process (``_submit_writes``) or one per image
     per_read = math.ceil(images_per_group / io_threads) if reader_processes else 1
     writers = writers or io_threads
-    per_write = math.ceil(images_per_group / writers) if writer_processes else 1
     ahead = max(1, prefetch, 2 * io_threads, images_per_group + io_threads)
     loaded: queue.Queue = queue.Queue(maxsize=math.ceil(ahead / per_read))
     stop = threading.Event()
@@ -400,7 +415,8 @@ def stream_items(
                 else:
                     entry.result = result
                     segmented.append(entry)
-            _submit_writes(writer, segmented, opts, writer_processes, per_write)
+            write_calls = writers if writer_processes else len(segmented)
+            _submit_writes(writer, segmented, opts, writer_processes, write_calls)
             while in_flight:  # the previous group's writes ran while the model worked
                 yield finished(in_flight.pop(0))
             in_flight = group
