@@ -118,6 +118,45 @@ def test_miou_equals_a_plain_confusion_matrix_over_a_dataset():
     assert s.aacc == pytest.approx(100 * np.trace(conf) / conf.sum(), abs=1e-9)
 
 
+def _counts_pixel_by_pixel(pred, label, K, ignore_index=255):
+    """mmseg's ``intersect_and_union`` one pixel at a time: pixels labelled ``ignore_index``
+    are dropped; a prediction outside [0, K) counts in no class, nor does such a label (as
+    ``torch.histc(x, bins=K, min=0, max=K - 1)`` drops them); the intersection is where
+    prediction and label are the same class."""
+    inter, pred_area, label_area = np.zeros(K, int), np.zeros(K, int), np.zeros(K, int)
+    for p, t in zip(pred.ravel().tolist(), label.ravel().tolist()):
+        if t == ignore_index:
+            continue
+        if 0 <= p < K:
+            pred_area[p] += 1
+        if 0 <= t < K:
+            label_area[t] += 1
+            if p == t:
+                inter[t] += 1
+    return np.stack([inter, pred_area + label_area - inter, pred_area, label_area])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ignore_index"),
+    [(np.uint8, 255), (np.int64, 255), (np.int16, 3), (np.uint16, 255)],
+)
+def test_area_counts_match_mmseg_pixel_by_pixel(dtype, ignore_index):
+    """Out-of-range labels and predictions (negative ones too), ignored pixels, and an
+    ignore index inside the class range."""
+    rng = np.random.default_rng(7)
+    K = 6
+    lo = -3 if np.issubdtype(dtype, np.signedinteger) else 0
+    for shape in [(1, 1), (13, 17), (40, 30)]:
+        label = rng.integers(lo, K + 4, size=shape).astype(dtype)
+        label[rng.random(shape) < 0.2] = 255 if ignore_index == 255 else ignore_index
+        pred = np.where(rng.random(shape) < 0.5, label, rng.integers(lo, K + 3, size=shape))
+        pred = pred.astype(dtype)
+        np.testing.assert_array_equal(
+            area_counts(pred, label, K, ignore_index),
+            _counts_pixel_by_pixel(pred, label, K, ignore_index),
+        )
+
+
 def _eval_args(root, tiny_ckpt, work, dataset="voc20"):
     return [
         "eval",
@@ -192,6 +231,33 @@ def test_eval_batches_images_into_one_call_with_the_same_scores(tmp_path, tiny_c
     assert sizes == [2, 1]
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert a["per_class"] == b["per_class"] and a["mIoU"] == b["mIoU"]
+
+
+def test_eval_counts_pixels_beside_the_model_and_reports_in_order(tmp_path, tiny_clip, monkeypatch):
+    """Each group's pixels are counted in the reader threads, not in the thread that drives
+    the model; every image is reported once, in the dataset's order."""
+    import threading
+
+    from fbseg.eval import evaluate as evaluate_mod
+    from fbseg.pipeline.segmenter import Segmenter
+
+    make_dataset("voc20", tmp_path / "data", n=5, size=(40, 56))
+    spec = DATASETS.get("voc20")
+    samples = find_samples(spec, tmp_path / "data")
+    counted_in = []
+    real = evaluate_mod.area_counts
+
+    def spy(*args, **kwargs):
+        counted_in.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "area_counts", spy)
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
+    seen = []
+    report = evaluate_mod.evaluate(seg, spec, samples, on_image=seen.append, images_per_call=2)
+    assert [i.sample.id for i in seen] == [s.id for s in samples]
+    assert len(counted_in) == 5 and all(n.startswith("fbseg-eval-read") for n in counted_in)
+    assert np.array_equal(report.totals, sum(i.counts for i in seen))
 
 
 def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):

@@ -13,7 +13,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +86,10 @@ def iter_counts(
     images_per_call: int = 1,
     io_threads: int = 1,
 ) -> Iterator[ImageCounts]:
-    """Counts of every sample: the cached ones first, then the rest segmented
-    ``images_per_call`` at a time (their windows share model batches), the next images
-    decoded and resized in background threads while the model runs."""
+    """Counts of every sample, in order: the cached ones first, then the rest segmented
+    ``images_per_call`` at a time (their windows share model batches). Background threads
+    decode and resize the next images, and count each group's pixels against its labels,
+    while the model runs the next group."""
     classes = spec.classes()
     todo = []
     for sample in samples:
@@ -103,32 +104,50 @@ def iter_counts(
             sample.label, spec.reduce_zero_label
         )
 
+    def count(sample: Sample, labels: np.ndarray, label: np.ndarray) -> np.ndarray:
+        if labels.shape != label.shape:
+            raise InputError(
+                f"{sample.label}: label map {label.shape[::-1]} does not match "
+                f"image {labels.shape[::-1]}"
+            )
+        counts = area_counts(labels, label, spec.num_classes)
+        cache.put(sample, counts)
+        return counts
+
     ahead = 2 * images_per_call
     with ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="fbseg-eval-read") as pool:
         queued: deque = deque()
         rest = iter(todo)
+        counting: deque[tuple[Sample, Future, float]] = deque()  # counts not yet handed out
 
         def fill() -> None:
             while len(queued) < ahead and (sample := next(rest, None)) is not None:
                 queued.append((sample, pool.submit(load, sample)))
 
+        def counted(sample: Sample, counts: Future, seconds: float) -> ImageCounts:
+            return ImageCounts(sample, counts.result(), False, seconds)
+
         fill()
-        while queued:
-            group = [queued.popleft() for _ in range(min(images_per_call, len(queued)))]
-            fill()
-            t0 = time.perf_counter()
-            loaded = [(sample, *future.result()) for sample, future in group]
-            results = segmenter.segment_batch([p for _, p, _ in loaded], classes, config)
-            seconds = (time.perf_counter() - t0) / len(loaded)
-            for (sample, _, label), result in zip(loaded, results):
-                if result.labels.shape != label.shape:
-                    raise InputError(
-                        f"{sample.label}: label map {label.shape[::-1]} does not match "
-                        f"image {result.labels.shape[::-1]}"
-                    )
-                counts = area_counts(result.labels, label, spec.num_classes)
-                cache.put(sample, counts)
-                yield ImageCounts(sample, counts, False, seconds)
+        try:
+            while queued:
+                group = [queued.popleft() for _ in range(min(images_per_call, len(queued)))]
+                fill()
+                t0 = time.perf_counter()
+                loaded = [(sample, *future.result()) for sample, future in group]
+                results = segmenter.segment_batch([p for _, p, _ in loaded], classes, config)
+                seconds = (time.perf_counter() - t0) / len(loaded)
+                # counted in the pool's threads while the model runs the next group
+                for (sample, _, label), result in zip(loaded, results):
+                    labels = result.compact_labels
+                    counting.append((sample, pool.submit(count, sample, labels, label), seconds))
+                while len(counting) > len(loaded):  # the previous group's
+                    yield counted(*counting.popleft())
+        except KeyboardInterrupt:  # what was segmented is counted and reported, then stop
+            while counting:
+                yield counted(*counting.popleft())
+            raise
+        while counting:
+            yield counted(*counting.popleft())
 
 
 @dataclass

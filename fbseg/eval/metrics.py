@@ -16,20 +16,34 @@ def area_counts(
 
     Pixels labelled ``ignore_index`` are dropped; values outside [0, K) are not counted in
     any class (as torch.histc with range [0, K-1] does in mmseg).
+
+    One ``bincount`` of (label, prediction) pairs: a (K+2)×(K+1) table whose label rows are
+    the classes, then "any other value", then ``ignore_index``, and whose prediction columns
+    are the classes, then "any other value". numpy runs it without the interpreter lock, so
+    counting in another thread leaves the thread that drives the model alone (a 2048×1024
+    Cityscapes map: 17–18 ms on one core here, against 40–41 ms with a mask and three
+    histograms, which held the lock; ``benchmarks/bench_eval.py``).
     """
     if pred.shape != label.shape:
         raise ValueError(f"prediction {pred.shape} and label {label.shape} differ in size")
-    keep = label != ignore_index
-    p = pred[keep].astype(np.int64)
-    t = label[keep].astype(np.int64)
+    K = num_classes
+    pairs = _class_slots(label, K)
+    pairs[label == ignore_index] = K + 1
+    pairs *= K + 1
+    pairs += _class_slots(pred, K)
+    table = np.bincount(pairs.ravel(), minlength=(K + 2) * (K + 1)).reshape(K + 2, K + 1)
+    inter = np.diagonal(table)[:K]
+    area_pred = table[: K + 1, :K].sum(0)  # every label but ignore_index
+    area_label = table[:K].sum(1)  # every prediction
+    return np.stack([inter, area_pred + area_label - inter, area_pred, area_label]).astype(np.int64)
 
-    def hist(values: np.ndarray) -> np.ndarray:
-        values = values[(values >= 0) & (values < num_classes)]
-        return np.bincount(values, minlength=num_classes)
 
-    inter = hist(p[p == t])
-    area_pred, area_label = hist(p), hist(t)
-    return np.stack([inter, area_pred + area_label - inter, area_pred, area_label])
+def _class_slots(values: np.ndarray, num_classes: int) -> np.ndarray:
+    """``values`` as a new intp array, with every value outside [0, K) set to K."""
+    slots = values.astype(np.intp)
+    if slots.size and (slots.min() < 0 or slots.max() >= num_classes):
+        slots[(slots < 0) | (slots >= num_classes)] = num_classes
+    return slots
 
 
 @dataclass(frozen=True)
