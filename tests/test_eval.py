@@ -260,6 +260,42 @@ def test_eval_counts_pixels_beside_the_model_and_reports_in_order(tmp_path, tiny
     assert np.array_equal(report.totals, sum(i.counts for i in seen))
 
 
+class _EndsTheProcessThatReadsIt:
+    """Unpickled in a reader process, it ends that process (a crash mid-read)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os._exit, (3,))
+
+
+def test_eval_reads_through_processes_as_through_threads(tmp_path, tiny_clip):
+    """Decoding in reader processes (the default beside a GPU) gives the same counts, in the
+    same order; a reader process that dies stops the evaluation with one line naming the
+    image."""
+    from dataclasses import replace
+
+    from fbseg.eval.evaluate import evaluate
+    from fbseg.pipeline.segmenter import Segmenter
+
+    make_dataset("voc20", tmp_path / "data", n=3, size=(40, 56))
+    spec = DATASETS.get("voc20")
+    samples = find_samples(spec, tmp_path / "data")
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu", precision="fp32")
+    runs = {}
+    for processes in (False, True):
+        seen = []
+        evaluate(seg, spec, samples, on_image=seen.append, reader_processes=processes)
+        runs[processes] = [(i.sample.id, i.counts) for i in seen]
+    assert [k for k, _ in runs[True]] == [k for k, _ in runs[False]] == [s.id for s in samples]
+    for (_, a), (_, b) in zip(runs[True], runs[False]):
+        np.testing.assert_array_equal(a, b)
+
+    broken = [samples[0], replace(samples[1], image=_EndsTheProcessThatReadsIt()), samples[2]]
+    with pytest.raises(InputError, match="not read: a reader process ended"):
+        evaluate(seg, spec, broken, reader_processes=True)
+
+
 def test_eval_resumes_after_an_interruption(tmp_path, tiny_ckpt, monkeypatch):
     from fbseg.pipeline.segmenter import Segmenter
 

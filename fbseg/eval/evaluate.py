@@ -22,9 +22,14 @@ import numpy as np
 from fbseg.errors import InputError
 from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
-from fbseg.io import atomic_write_bytes
+from fbseg.io import atomic_write_bytes, read_image
 from fbseg.pipeline.config import SegmentConfig
-from fbseg.pipeline.device import default_images_per_call, default_io_threads
+from fbseg.pipeline.device import (
+    default_images_per_call,
+    default_io_threads,
+    default_reader_processes,
+)
+from fbseg.runs.worker_pool import WorkerDied, WorkerPool
 
 
 def run_key(identity: dict, spec: DatasetSpec, config: SegmentConfig) -> str:
@@ -77,6 +82,12 @@ class CountsCache:
         atomic_write_bytes(self._path(sample), buf.getvalue(), overwrite=True)
 
 
+def read_sample(image: Path, label: Path, reduce_zero_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's pixels (H, W, 3) uint8 and its label map (H, W) uint8, decoded (in a reader
+    process beside a GPU)."""
+    return read_image(image), load_label(label, reduce_zero_label)
+
+
 def iter_counts(
     segmenter,
     spec: DatasetSpec,
@@ -85,11 +96,13 @@ def iter_counts(
     config: SegmentConfig,
     images_per_call: int = 1,
     io_threads: int = 1,
+    reader_processes: bool = False,
 ) -> Iterator[ImageCounts]:
     """Counts of every sample, in order: the cached ones first, then the rest segmented
     ``images_per_call`` at a time (their windows share model batches). Background threads
-    decode and resize the next images, and count each group's pixels against its labels,
-    while the model runs the next group."""
+    decode the next images (``reader_processes``: each through a worker process, as a folder
+    run does beside a GPU), and count each group's pixels against its labels, while the
+    model runs the next group."""
     classes = spec.classes()
     todo = []
     for sample in samples:
@@ -98,11 +111,20 @@ def iter_counts(
             todo.append(sample)
         else:
             yield ImageCounts(sample, counts, True, 0.0)
+    if not todo:
+        return
+    readers = WorkerPool(io_threads, role="reader") if reader_processes else None
 
     def load(sample: Sample):
-        return segmenter.prepare(sample.image, config), load_label(
-            sample.label, spec.reduce_zero_label
-        )
+        args = (sample.image, sample.label, spec.reduce_zero_label)
+        if readers is None:
+            rgb, label = read_sample(*args)
+        else:
+            try:
+                rgb, label = readers.submit(read_sample, *args).result()
+            except WorkerDied as exc:
+                raise InputError(f"{sample.image}: not read: {exc}") from None
+        return segmenter.prepare(rgb, config), label
 
     def count(sample: Sample, labels: np.ndarray, label: np.ndarray) -> np.ndarray:
         if labels.shape != label.shape:
@@ -146,6 +168,9 @@ def iter_counts(
             while counting:
                 yield counted(*counting.popleft())
             raise
+        finally:
+            if readers is not None:
+                readers.shutdown(wait=False, cancel_futures=True)
         while counting:
             yield counted(*counting.popleft())
 
@@ -186,11 +211,13 @@ def evaluate(
     work_dir: Path | None = None,
     on_image: Callable[[ImageCounts], None] | None = None,
     images_per_call: int | None = None,
+    reader_processes: bool | None = None,
 ) -> EvalReport:
     """Score ``samples`` with ``config`` (default: the segmenter's FSA settings with the
     dataset's protocol); counts are cached under ``work_dir/counts/<run key>/``.
     ``images_per_call`` images share one model batch (default: ``images_per_call`` of the
-    device: 1 on a CPU, 16 on a GPU); the counts do not depend on it."""
+    device: 1 on a CPU, 16 on a GPU); ``reader_processes``: decode in worker processes
+    (default: as a folder run does beside this device). The counts depend on neither."""
     config = config or spec.config(segmenter.config)
     identity = segmenter.identity(config)
     key = run_key(identity, spec, config)
@@ -200,7 +227,11 @@ def evaluate(
     t0 = time.perf_counter()
     group = images_per_call or default_images_per_call(segmenter.device)
     threads = default_io_threads(segmenter.device)
-    for item in iter_counts(segmenter, spec, samples, cache, config, group, threads):
+    if reader_processes is None:
+        reader_processes = default_reader_processes(segmenter.device)
+    for item in iter_counts(
+        segmenter, spec, samples, cache, config, group, threads, reader_processes
+    ):
         totals += item.counts
         if on_image is not None:
             on_image(item)

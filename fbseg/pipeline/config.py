@@ -25,12 +25,12 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 # the thread that drives the model is busy launching kernels, and writer threads (PNG
 # encoding, file writes) slowed it down through the interpreter lock.
 WRITER_PROCESSES = {"cpu": False, "cuda": True}
-# Whether a folder run decodes images in processes (one per decoder thread, which then only
-# copies the pixels into pinned memory), by device type, for the same reason: beside a GPU,
-# decoder threads contend for the interpreter lock with the thread that launches kernels. On
-# an H100 a model call in a folder run took 11.0 ms per ProxyCLIP image with decoding in
-# processes, 14.1 in threads (NACLIP 3.2 and 4.7): 84 against 74 images/s end to end (NACLIP
-# 279 against 256; benchmarks/bench_throughput.py).
+# Whether a folder run and `eval` decode images in processes (one per decoder thread, which then
+# only copies the pixels into pinned memory), by device type, for the same reason: beside a GPU,
+# decoder threads contend for the interpreter lock with the thread that launches kernels. On an
+# H100 a model call in a folder run took 11.0 ms per ProxyCLIP image with decoding in processes,
+# 14.1 in threads (NACLIP 3.2 and 4.7): 84 against 74 images/s end to end (NACLIP 279 against 256;
+# benchmarks/bench_throughput.py).
 READER_PROCESSES = {"cpu": False, "cuda": True}
 # Writer processes take the cores the model's thread and the decoder threads leave (a torchrun
 # node's cores shared among its ranks), up to this many. An image's files take about 6 ms of
