@@ -1,8 +1,9 @@
 """Throughput on the device at hand (GPU or CPU): model-only images/s at several images per
 call, the reference form, `segment_folder` end to end (plain, --overlay, --masks per-class,
---save-probs), peak memory, achieved TFLOP/s from a FLOP count, the operations one call
-makes (each a kernel launch beside a GPU), and the top kernels of a profile. One process,
-one device: compare rows of one run only.
+--save-probs), `fbseg eval` on a VOC-layout copy of the images (random labels), peak
+memory, achieved TFLOP/s from a FLOP count, the operations one call makes (each a kernel
+launch beside a GPU), and the top kernels of a profile. One process, one device: compare
+rows of one run only.
 
 Without --checkpoint/--proxy-checkpoint, random ViT-B-16 (QuickGELU, as ViT-B-16/openai) and
 DINO ViT-B/8 weights are written to a temporary folder: timings are real, masks meaningless.
@@ -376,6 +377,52 @@ def steady_share(calls: list[tuple[float, float]], finished: list[float], group:
     return inside / max(last - first, 1e-9)
 
 
+def voc_layout(folder: Path, root: Path) -> Path:
+    """The JPEGs of ``folder`` as a VOC2012 validation split under ``root``, each with a
+    random label map of its size (timing only: the scores mean nothing)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for path in sorted(folder.glob("*.jpg")):
+        shutil.copyfile(path, base / "JPEGImages" / path.name)
+        with Image.open(path) as img:
+            w, h = img.size
+        label = rng.integers(0, 21, (h, w), dtype=np.uint8)
+        Image.fromarray(label).save(base / "SegmentationClass" / f"{path.stem}.png")
+        ids.append(path.stem)
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def eval_run(seg, root: Path, per_call: int) -> dict:
+    """``fbseg eval``'s steady rate on the VOC21 split under ``root`` (``evaluate`` with its
+    defaults for the device, nothing cached), after a warm-up run."""
+    from fbseg.eval.datasets import DATASETS, find_samples
+    from fbseg.eval.evaluate import evaluate
+
+    spec = DATASETS.get("voc21")
+    samples = find_samples(spec, root)
+    evaluate(seg, spec, samples, images_per_call=per_call)
+    finished: list[float] = []
+    t0 = time.perf_counter()
+    evaluate(
+        seg,
+        spec,
+        samples,
+        images_per_call=per_call,
+        on_image=lambda _: finished.append(time.perf_counter()),
+    )
+    wall = time.perf_counter() - t0
+    return {"images_per_s": steady_rate(finished, per_call, wall), "start_s": finished[0] - t0}
+
+
 def doubled(folder: Path) -> Path:
     """A folder holding every image of ``folder`` twice (a longer steady stretch)."""
     import shutil
@@ -602,6 +649,11 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "of_model": r["images_per_s"] / best,
                 },
             )
+        r = eval_run(seg, voc_layout(folder_x2, tmp / "voc"), default_group)
+        what = f"eval voc21 (group {default_group}" + (
+            ", reader processes)" if readers_apart else ")"
+        )
+        _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
         # the defaults against other settings: is the default group the fastest tried?
         others = [(g, None, None, None) for g in args.groups if g != default_group]
         others += [(default_group, t, None, None) for t in args.io_threads]
