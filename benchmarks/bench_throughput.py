@@ -378,26 +378,31 @@ def steady_share(calls: list[tuple[float, float]], finished: list[float], group:
 
 
 def voc_layout(folder: Path, root: Path) -> Path:
-    """The JPEGs of ``folder`` as a VOC2012 validation split under ``root``, each with a
-    random label map of its size (timing only: the scores mean nothing)."""
+    """The JPEGs of ``folder`` as VOC21's validation split under ``root``, laid out as the
+    dataset registry declares, each with a random label map of its size (timing only: the
+    scores mean nothing)."""
     import shutil
 
     import numpy as np
     from PIL import Image
 
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
+    from fbseg.eval.datasets import DATASETS
+
+    spec = DATASETS.get("voc21")
+    lay = spec.layout
+    (root / lay.images).mkdir(parents=True, exist_ok=True)
+    (root / lay.labels).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     ids = []
     for path in sorted(folder.glob("*.jpg")):
-        shutil.copyfile(path, base / "JPEGImages" / path.name)
+        shutil.copyfile(path, root / lay.images / f"{path.stem}{lay.img_suffix}")
         with Image.open(path) as img:
             w, h = img.size
-        label = rng.integers(0, 21, (h, w), dtype=np.uint8)
-        Image.fromarray(label).save(base / "SegmentationClass" / f"{path.stem}.png")
+        label = rng.integers(0, spec.num_classes, (h, w), dtype=np.uint8)
+        Image.fromarray(label).save(root / lay.labels / f"{path.stem}{lay.label_suffix}")
         ids.append(path.stem)
-    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    (root / lay.split).parent.mkdir(parents=True, exist_ok=True)
+    (root / lay.split).write_text("\n".join(ids) + "\n")
     return root
 
 
@@ -557,6 +562,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
     folder = tmp / "images"
     make_folder(folder, args.images)
     folder_x2 = folder if args.model_only else doubled(folder)  # a longer run for DIR rows
+    voc_root = None if args.model_only else voc_layout(folder_x2, tmp / "voc")  # eval rows
     classes = datasets.get("voc21").classes()  # 21 classes, 46 names
     report: dict = {"rows": [], "kernels": {}, "operations": {}, "tree": tree}
     for host in args.hosts:
@@ -649,7 +655,7 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "of_model": r["images_per_s"] / best,
                 },
             )
-        r = eval_run(seg, voc_layout(folder_x2, tmp / "voc"), default_group)
+        r = eval_run(seg, voc_root, default_group)
         what = f"eval voc21 (group {default_group}" + (
             ", reader processes)" if readers_apart else ")"
         )
