@@ -27,6 +27,16 @@ FAST = [
 ]
 
 
+class EndsTheProcessThatReadsIt:
+    """Unpickled in a worker process (a reader or a writer), it ends that process: a crash
+    mid-read or mid-write."""
+
+    def __reduce__(self):
+        import os
+
+        return (os._exit, (3,))
+
+
 def bad_folder(root: Path) -> dict:
     root.mkdir()
     good = {}

@@ -19,7 +19,7 @@ from fbseg_cli import app
 
 import naive
 from conftest import ASSETS, random_image
-from helpers import FAST, bad_folder, normalised, tiny_segmenter
+from helpers import FAST, EndsTheProcessThatReadsIt, bad_folder, normalised, tiny_segmenter
 
 
 def run(args):
@@ -550,15 +550,6 @@ def test_cli_with_writer_processes(tmp_path, fast, monkeypatch):
     assert len(outputs[True]) == 2 * len(good) and outputs[True] == outputs[False]
 
 
-class _EndsTheProcessThatReadsIt:
-    """Unpickled in a writer process, it ends that process (a crash mid-write)."""
-
-    def __reduce__(self):
-        import os
-
-        return (os._exit, (3,))
-
-
 def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -570,7 +561,7 @@ def test_a_writer_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
         results = [_fake_result(p) for p in payloads]
         for r in results:
             if r.labels.shape == (10, 12) and segment_batch.calls == 1:
-                r.meta["crash"] = _EndsTheProcessThatReadsIt()
+                r.meta["crash"] = EndsTheProcessThatReadsIt()
         segment_batch.calls += 1
         return results
 
@@ -636,7 +627,7 @@ def test_a_reader_process_that_dies_fails_its_image_and_the_run_goes_on(tmp_path
     for i in range(4):
         Image.fromarray(random_image(10, 12, seed=i)).save(src / f"im{i}.png")
     items = collect_inputs([str(src)]).items
-    crash = InputItem(_EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
+    crash = InputItem(EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
     outcomes = list(
         stream_items(
             [*items[:2], crash, *items[2:]],
@@ -665,7 +656,7 @@ def test_worker_processes_take_a_share_of_a_group_per_message(tmp_path, monkeypa
     for i in range(7):
         Image.fromarray(random_image(10 + i, 12, seed=i)).save(src / f"im{i}.png")
     items = collect_inputs([str(src)]).items
-    crash = InputItem(_EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
+    crash = InputItem(EndsTheProcessThatReadsIt(), Path("crash"), "crash.png")
     messages = []
     submit = WorkerPool.submit
 
@@ -679,7 +670,7 @@ def test_worker_processes_take_a_share_of_a_group_per_message(tmp_path, monkeypa
         results = [_fake_result(p) for p in payloads]
         for r in results:
             if r.labels.shape == (15, 12):  # im5: ends the writer process that reads it
-                r.meta["crash"] = _EndsTheProcessThatReadsIt()
+                r.meta["crash"] = EndsTheProcessThatReadsIt()
         return results
 
     outcomes = list(

@@ -13,7 +13,7 @@ from fbseg.eval.metrics import area_counts, scores_from_counts
 from fbseg_cli import app
 
 from conftest import TINY, interrupt_on_call
-from helpers import make_dataset
+from helpers import EndsTheProcessThatReadsIt, make_dataset
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -260,15 +260,6 @@ def test_eval_counts_pixels_beside_the_model_and_reports_in_order(tmp_path, tiny
     assert np.array_equal(report.totals, sum(i.counts for i in seen))
 
 
-class _EndsTheProcessThatReadsIt:
-    """Unpickled in a reader process, it ends that process (a crash mid-read)."""
-
-    def __reduce__(self):
-        import os
-
-        return (os._exit, (3,))
-
-
 def test_eval_reads_through_processes_as_through_threads(tmp_path, tiny_clip):
     """Decoding in reader processes (the default beside a GPU) gives the same counts, in the
     same order; a reader process that dies stops the evaluation with one line naming the
@@ -291,7 +282,7 @@ def test_eval_reads_through_processes_as_through_threads(tmp_path, tiny_clip):
     for (_, a), (_, b) in zip(runs[True], runs[False]):
         np.testing.assert_array_equal(a, b)
 
-    broken = [samples[0], replace(samples[1], image=_EndsTheProcessThatReadsIt()), samples[2]]
+    broken = [samples[0], replace(samples[1], image=EndsTheProcessThatReadsIt()), samples[2]]
     with pytest.raises(InputError, match="not read: a reader process ended"):
         evaluate(seg, spec, broken, reader_processes=True)
 
