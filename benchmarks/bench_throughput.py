@@ -676,24 +676,24 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             what += ", decoding in threads" if read_apart is False else ""
             what += ", writer threads)" if write_apart is False else ")"
             _add(report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best})
-        if processes and args.worker_nice is not None:  # the same, workers yielding cores
+        # the worker processes yielding cores to the thread that drives the model: at a
+        # lower priority, or fewer writers; plain and with overlays
+        yielding = []
+        if processes and args.worker_nice is not None:
+            niced = functools.partial(workers_niced, args.worker_nice)
+            yielding.append((f"workers at nice {args.worker_nice}", niced, {}))
+        for count in args.writers if processes else []:
+            yielding.append(
+                (f"{count} writer processes", contextlib.nullcontext, {"writers": count})
+            )
+        for setting, context, run_args in yielding:
             for label, outputs in (
                 ("segment DIR", {}),
                 ("segment DIR --overlay", {"overlay": True}),
             ):
-                with workers_niced(args.worker_nice):
-                    r = folder_run(default_group, writer_processes=True, **outputs)
-                what = f"{label} (group {default_group}, workers at nice {args.worker_nice})"
-                _add(
-                    report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
-                )
-        for count in args.writers if processes else []:  # fewer writers: cores for the model
-            for label, outputs in (
-                ("segment DIR", {}),
-                ("segment DIR --overlay", {"overlay": True}),
-            ):
-                r = folder_run(default_group, writer_processes=True, writers=count, **outputs)
-                what = f"{label} (group {default_group}, {count} writer processes)"
+                with context():
+                    r = folder_run(default_group, writer_processes=True, **run_args, **outputs)
+                what = f"{label} (group {default_group}, {setting})"
                 _add(
                     report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
                 )
