@@ -267,16 +267,16 @@ def _writers(count: int, processes: bool) -> Executor:
 
 
 def _submit_writes(
-    writer: Executor, entries: list[_Loaded], opts: OutputOptions, processes: bool, calls: int
+    writer: Executor, entries: list[_Loaded], opts: OutputOptions, processes: int | None
 ) -> None:
-    """Hand the images' outputs to the writers in ``calls`` calls of consecutive images (as
-    even as they divide: with 11 writers a group of 16 goes as 5 calls of 2 and 6 of 1, so
-    every writer gets a share, not 8 of them 2 each). A process gets an image's pixels only
-    when an output shows them, and the probabilities only for ``save_probs``, as float16
-    (formed here first if the engine left them on its device: rounded there, half the bytes
-    cross)."""
+    """Hand the images' outputs to the writers: to ``processes`` writer processes in one call
+    each, of consecutive images as even as they divide (with 11 writers a group of 16 goes as
+    5 calls of 2 and 6 of 1, so every writer gets a share, not 8 of them 2 each); to writer
+    threads (None) one image per call. A process gets an image's pixels only when an output
+    shows them, and the probabilities only for ``save_probs``, as float16 (formed here first
+    if the engine left them on its device: rounded there, half the bytes cross)."""
     shows_pixels = not processes or opts.overlay or opts.compare
-    for share in even_shares(entries, calls):
+    for share in even_shares(entries, processes or len(entries)):
         jobs = []
         for entry in share:
             if processes and opts.save_probs:
@@ -359,8 +359,8 @@ def stream_items(
     are finished and reported, then KeyboardInterrupt is raised again.
     """
     # images per reader call: a group's share of each process; a thread takes one at a time
-    # (its hand-offs are cheap, and one image spreads the work best); writers likewise get a
-    # group in one call per process (``_submit_writes``) or one per image
+    # (its hand-offs are cheap, and one image spreads the work best); writers likewise
+    # (``_submit_writes``)
     per_read = math.ceil(images_per_group / io_threads) if reader_processes else 1
     writers = writers or io_threads
     ahead = max(1, prefetch, 2 * io_threads, images_per_group + io_threads)
@@ -415,8 +415,7 @@ def stream_items(
                 else:
                     entry.result = result
                     segmented.append(entry)
-            write_calls = writers if writer_processes else len(segmented)
-            _submit_writes(writer, segmented, opts, writer_processes, write_calls)
+            _submit_writes(writer, segmented, opts, writers if writer_processes else None)
             while in_flight:  # the previous group's writes ran while the model worked
                 yield finished(in_flight.pop(0))
             in_flight = group
