@@ -1,7 +1,8 @@
 """The FSA step as the reference code computes it (for timing comparisons only).
 
 N×N×C KL tensor, sort-based pruning on the full matrix, A_fb repeated per head, and the
-ensemble formed densely per head before it meets v.
+ensemble formed densely per head before it meets v; and the class names' prompts through
+CLIP's text tower over its whole 77-position context, as ``encode_text`` runs them.
 """
 
 from __future__ import annotations
@@ -44,18 +45,34 @@ def ensemble_apply(A, A_fb: torch.Tensor, v: torch.Tensor, Av=None) -> torch.Ten
     return torch.bmm(ens, v.flatten(0, 1)).view(B, h, N, d)
 
 
+def encode_prompts(clip, tokens: torch.Tensor) -> torch.Tensor:
+    """Prompts (P, 77) through the text tower over the whole context, padding included."""
+    return clip.encode_text(tokens)
+
+
+_FBSEG_ENCODE_PROMPTS = []
+
+
 def install() -> None:
-    """Make fbseg's crop model use this form of FSA (for the "reference form" rows)."""
+    """Make fbseg's crop model use this form of FSA, and its text encoder this form of the
+    prompts (for the "reference form" rows)."""
     import fbseg.fsa
+    import fbseg.models.text
 
     fbseg.fsa.feedback_attention = feedback_attention
     fbseg.fsa.ensemble_apply = ensemble_apply
+    if not _FBSEG_ENCODE_PROMPTS:
+        _FBSEG_ENCODE_PROMPTS.append(fbseg.models.text.encode_prompts)
+    fbseg.models.text.encode_prompts = encode_prompts
 
 
 def restore() -> None:
-    """fbseg's own FSA again."""
+    """fbseg's own FSA and text encoder again."""
     import importlib
 
     import fbseg.fsa
+    import fbseg.models.text
 
     importlib.reload(fbseg.fsa)
+    if _FBSEG_ENCODE_PROMPTS:
+        fbseg.models.text.encode_prompts = _FBSEG_ENCODE_PROMPTS[0]

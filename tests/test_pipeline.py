@@ -221,6 +221,133 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
     assert again.text_cache.hits == 3 and again.text_cache.misses == 0
 
 
+class _Lengths:
+    """Records the sequence length each call of a text tower's transformer got."""
+
+    def __init__(self, clip) -> None:
+        self.seen: list[int] = []
+        self.handle = clip.transformer.register_forward_pre_hook(self)
+
+    def __call__(self, module, args) -> None:
+        self.seen.append(args[0].shape[1])
+
+
+def _template_tokens(model: str, names: list[str]) -> torch.Tensor:
+    import open_clip
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    tok = open_clip.get_tokenizer(model)
+    return tok([t(name) for name in names for t in OPENAI_IMAGENET_TEMPLATES])
+
+
+def _fresh_tiny_clip(tiny_ckpt):
+    """A tiny CLIP of its own, for a test that changes its text tower."""
+    from fbseg.models.clip import load_clip
+
+    return load_clip(TINY, None, tiny_ckpt)
+
+
+@pytest.mark.parametrize("pool", ["argmax", "eos"])
+def test_prompts_run_on_the_positions_that_decide_them(tiny_ckpt, pool):
+    """open_clip's encode_text over the whole context, against encode_prompts: the same
+    embeddings, with the tower run on positions up to the last end-of-text token only."""
+    from fbseg.models.text import encode_prompts
+
+    tiny_clip = _fresh_tiny_clip(tiny_ckpt)
+    tokens = _template_tokens(TINY, ["cat", "a bright red double-decker bus parked outside"])
+    if pool == "eos":
+        tiny_clip.text_pool_type = "eos"
+        tiny_clip.text_eos_id = int(tokens.max())
+    last_eot = max(row.nonzero().max().item() for row in tokens)  # pads are 0
+    with torch.inference_mode():
+        full = tiny_clip.encode_text(tokens)
+        lengths = _Lengths(tiny_clip)
+        try:
+            cut = encode_prompts(tiny_clip, tokens)
+        finally:
+            lengths.handle.remove()
+    assert lengths.seen == [last_eot + 1] and last_eot + 1 < tokens.shape[1]
+    torch.testing.assert_close(cut, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["mask sees later positions", "pools the last position"])
+def test_prompts_keep_the_whole_context_where_later_positions_count(tiny_ckpt, change):
+    """A tower whose mask lets a position see later ones, or that pools the last position,
+    depends on the padding: it runs on all 77 positions, as open_clip runs it."""
+    from fbseg.models.text import encode_prompts
+
+    tiny_clip = _fresh_tiny_clip(tiny_ckpt)
+    tokens = _template_tokens(TINY, ["cat"])[:8]
+    if change == "mask sees later positions":
+        tiny_clip.attn_mask[3, 60] = 0.0  # one early row sees one padding position
+    else:
+        tiny_clip.text_pool_type = "last"
+    with torch.inference_mode():
+        full = tiny_clip.encode_text(tokens)
+        lengths = _Lengths(tiny_clip)
+        try:
+            cut = encode_prompts(tiny_clip, tokens)
+        finally:
+            lengths.handle.remove()
+    assert lengths.seen == [tokens.shape[1]]
+    torch.testing.assert_close(cut, full, rtol=0, atol=0)
+
+
+def test_vit_b16_text_tower_embeds_prompts_as_open_clip_does(b16_ckpt):
+    """The real ViT-B-16 text tower (random weights, loaded from its file): the cut applies
+    and gives open_clip's embeddings of the 80 templates."""
+    from fbseg.models.clip import load_clip
+    from fbseg.models.text import encode_prompts, pooled_length
+
+    clip = load_clip("ViT-B-16", None, b16_ckpt)
+    tokens = _template_tokens("ViT-B-16", ["sofa"])
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1)
+        cut = torch.nn.functional.normalize(encode_prompts(clip, tokens), dim=-1)
+    assert pooled_length(clip, tokens) == max(row.nonzero().max().item() for row in tokens) + 1
+    torch.testing.assert_close(cut, full, rtol=0, atol=1e-5)
+
+
+def test_prompts_are_grouped_by_length_and_each_encoded_once(tiny_clip):
+    """Each group holds prompts of one length (last non-padding position), at most ``chunk``;
+    every prompt is in one group; the names' embeddings do not depend on the chunk size, and
+    each prompt's embedding lands on its own row (against open_clip, prompt by prompt)."""
+    import open_clip
+
+    from fbseg.models.text import encode_names, rows_by_length
+
+    names = ["cat", "a bright red double-decker bus parked outside", "sofa"]
+    tokens = _template_tokens(TINY, names)
+    groups = rows_by_length(tokens, chunk=7)
+    ends = [row.nonzero().max().item() for row in tokens]
+    assert sorted(i for g in groups for i in g.tolist()) == list(range(len(tokens)))
+    assert all(len(g) <= 7 and len({ends[i] for i in g.tolist()}) == 1 for g in groups)
+    assert len(groups) > len(set(ends))  # some lengths needed several chunks
+
+    tok = open_clip.get_tokenizer(TINY)
+    small = encode_names(tiny_clip, tok, names, torch.device("cpu"), chunk=7)
+    whole = encode_names(tiny_clip, tok, names, torch.device("cpu"))
+    torch.testing.assert_close(small, whole, rtol=0, atol=1e-6)
+    with torch.inference_mode():
+        one_by_one = torch.nn.functional.normalize(
+            torch.cat([tiny_clip.encode_text(tokens[i : i + 1]) for i in range(len(tokens))]),
+            dim=-1,
+        )
+    expected = torch.nn.functional.normalize(one_by_one.reshape(3, 80, -1).mean(1), dim=-1)
+    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["ViT-B-16", "ViT-L-14", "ViT-H-14"])
+def test_default_backbones_declare_a_causal_end_of_text_pooled_tower(model):
+    """What the cut relies on, as open_clip's configs declare it for the three backbones:
+    a causal mask and pooling at the end-of-text token (the highest token id)."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg
+
+    text_cfg = CLIPTextCfg(**open_clip.get_model_config(model)["text_cfg"])
+    assert text_cfg.pool_type == "argmax" and not text_cfg.no_causal_mask
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["ViT-L-14", "ViT-H-14"])
 def test_large_backbones_build_load_and_match(tmp_path, model):
