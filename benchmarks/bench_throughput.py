@@ -18,10 +18,10 @@ with ``--model-only``, measures only what every version has (``Segmenter.from_pr
 ``--groups 1 16`` and ``--io-threads 8`` also run ``segment DIR`` at other settings than the
 device's defaults, ``--writers 6 8`` with that many writer processes (fewer leave more cores
 to the thread that drives the model), and ``--worker-nice 10`` with its reader and writer
-processes at that niceness; ``--windows 8 32`` measures the largest images-per-call setting at other
-window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing pass sizes (0:
-image by image), counting that call's operations too. On CUDA each model-only row counts
-the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
+processes at that niceness; ``--windows 8 32`` measures the largest images-per-call
+setting at other window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing
+pass sizes (0: image by image), each counting that call's operations too. On CUDA each
+model-only row counts the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
 forwards are also measured replayed as CUDA graphs (``Segmenter(cuda_graphs=True)``;
 ``--no-graphs`` leaves them out): how many were
 recorded, how their labels and class statistics compare with the forwards run kernel by
@@ -587,13 +587,17 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
             )
         for windows in args.windows:
             keep, seg.windows_per_forward = seg.windows_per_forward, windows
+            what = f"{max(args.batches)}/call, {windows} windows/forward"
             r = model_only(seg, prepared, classes, max(args.batches))
+            report["operations"][f"{host}, {what}"] = operations_per_call(
+                seg, prepared, classes, max(args.batches)
+            )
             seg.windows_per_forward = keep
             _add(
                 report,
                 {
                     "host": host,
-                    "what": f"model only, {max(args.batches)}/call, {windows} windows/forward",
+                    "what": f"model only, {what}",
                     **r,
                     "tflops": flops * r["images_per_s"] / 1e12,
                 },
