@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 # shellcheck disable=SC2086
 $PY benchmarks/bench_throughput.py --device "$DEVICE" --images "$IMAGES" --batches $BATCHES \
-    --hosts $HOSTS --windows 16 32 --post-pass-mb 0 --groups 1 16 --io-threads 8 --worker-nice 10 --writers 6 8 \
+    --hosts $HOSTS --windows 16 32 64 --post-pass-mb 0 --groups 1 16 --io-threads 8 --worker-nice 10 --writers 6 8 \
     --json "$OUT/throughput.json" 2>&1 \
     | tee "$OUT/throughput.txt"
 if [ -n "$BASE" ]; then
@@ -48,3 +48,5 @@ if [ -n "$STREAM_BASE" ]; then
     $PY benchmarks/bench_outputs.py --tree "$STREAM_BASE" --json "$OUT/outputs-base.json" 2>&1 \
         | tee "$OUT/outputs-base.txt"
 fi
+# encoding class names not yet cached: the whole context against the end-of-text prefix
+$PY benchmarks/bench_text.py --device "$DEVICE" --json "$OUT/text.json" 2>&1 | tee "$OUT/text.txt"
