@@ -251,10 +251,13 @@ class ModelChoice:
 
     @classmethod
     def from_flags(cls, flags: dict, preset: Preset) -> ModelChoice:
-        """The model flags, the host defaulting to the preset's."""
+        """The model flags, the host defaulting to the preset's; an unknown host or proxy
+        fails here, before anything loads."""
         values = {k: flags[k] for k in cls.__dataclass_fields__}
         values["host"] = values["host"] or preset.host
         values["model"] = values["model"] or DEFAULT_BACKBONE
+        if HOSTS.get(values["host"]).needs_proxy:
+            PROXIES.get(values["proxy"] or DEFAULT_PROXY)
         return cls(**values)
 
     def label(self) -> str:
@@ -290,7 +293,9 @@ def preset_and_config(flags: dict, dataset: str | None = None) -> tuple[Preset, 
     """The preset named by --preset (default fsa) and its config for ``dataset`` (None: the
     one segment and explain use), overridden by the protocol flags given."""
     preset = PRESETS.get(flags.get("preset") or DEFAULT_PRESET)
-    return preset, protocol_flags(flags, preset.config(dataset))
+    config = protocol_flags(flags, preset.config(dataset))
+    config.check()  # before anything loads (the patch-size checks wait for the model)
+    return preset, config
 
 
 # Flags that only the CLIP engine understands (a usage error with any other engine).

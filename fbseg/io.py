@@ -12,7 +12,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from fbseg.errors import InputError, OutputError
+from fbseg.errors import ConfigError, InputError, OutputError
 
 
 def _current_umask() -> int:
@@ -102,6 +102,27 @@ def _temporary_of(entry: str) -> str | None:
         return None
     name, dot, _ = entry[1 : -len(".tmp")].rpartition(".")
     return name if dot and name else None
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """An ``OutputError`` (one line, the reason) unless files can be made in ``folder``, or
+    where it does not exist yet, in the folder it would be made in: checked before a run
+    does any work. The probe is a file without a name (gone when closed); nothing is made
+    or left, so ranks of one run checking the same new folder at once cannot disturb each
+    other. A path that exists and is not a folder is a ``ConfigError``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output {folder} exists and is not a folder")
+    nearest = folder  # the folder itself, or the ancestor it would be made in
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    try:
+        if not nearest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write into {folder} ({exc.strerror or exc})") from None
 
 
 def remove_stale_temporaries(paths: Iterable[str | Path]) -> int:

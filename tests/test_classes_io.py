@@ -6,7 +6,8 @@ from PIL import Image
 
 from fbseg import ConfigError, InputError, parse_classes, read_class_file
 from fbseg.classes import with_background
-from fbseg.io import atomic_write_bytes, read_image
+from fbseg.errors import OutputError
+from fbseg.io import atomic_write_bytes, check_writable_folder, read_image
 from fbseg.viz import blend, indexed_png, palette
 
 from conftest import random_image
@@ -156,3 +157,25 @@ def test_stale_temporaries_of_the_given_names_go_each_folder_listed_once(tmp_pat
     assert remove_stale_temporaries(paths * 50) == 3
     assert sorted(listed) == sorted(map(os.fspath, [a, b, tmp_path / "missing"]))
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_writable_folder_check_leaves_no_trace(tmp_path):
+    """A folder that can be written into passes, and the check leaves nothing: no probe
+    file in an existing folder, no folders made for a missing one."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    check_writable_folder(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
+    check_writable_folder(tmp_path / "a" / "b" / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_writable_folder_check_refuses_files_and_paths_through_them(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"not a folder")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        check_writable_folder(photo)
+    with pytest.raises(OutputError, match=r"cannot write into .*photo.jpg/out \(Not a directory\)"):
+        check_writable_folder(photo / "out")
+    assert photo.read_bytes() == b"not a folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]

@@ -159,6 +159,40 @@ def test_usage_errors(tmp_path, fast, args, code, text):
     assert text in r.stderr and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("command", ["segment", "explain"])
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["--stride", "400"], 2, "stride larger than the window"),
+        (["--logit-scale", "-1"], 2, "logit scale must be positive"),
+        (["--pamr-steps", "0"], 2, "--pamr-steps must be at least 1"),
+        (["--proxy", "dinoo"], 2, "unknown proxy 'dinoo'"),
+        (["--short-side", "8"], 2, "short side must be ≥ the patch size (16)"),
+        (["-o", "{photo}"], 2, "exists and is not a folder"),
+        (["-o", "{photo}/out"], 4, "cannot write into"),
+    ],
+)
+def test_bad_settings_fail_before_any_weights_load(
+    tmp_path, monkeypatch, command, args, code, text
+):
+    """Each of these fails with one line before a weights file is read: a run that cannot
+    go anywhere costs no model load (several seconds on a CPU, minutes with a download)."""
+    import fbseg.pipeline.segmenter
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(fbseg.pipeline.segmenter, "load_clip", no_loading)
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes((ASSETS / "cat.jpg").read_bytes())
+    args = [a.format(photo=photo) for a in args]
+    out = [] if "-o" in args else ["-o", str(tmp_path / "out")]
+    r = run([command, str(photo), "-c", "cat,rug", "--device", "cpu", *out, *args])
+    assert r.exit_code == code, r.output
+    assert text in r.stderr and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.jpg"]  # no folder left behind
+
+
 def test_missing_input_and_directory(tmp_path, fast):
     r = run(["segment", str(tmp_path / "nope.jpg"), "-c", "cat", *fast])
     assert r.exit_code == 5 and "no input image matched" in r.stderr

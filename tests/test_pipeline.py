@@ -1,5 +1,7 @@
 """Segmenter.segment end to end against the reference's forward_slide written naively."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -368,3 +370,26 @@ def test_large_backbones_build_load_and_match(tmp_path, model):
         expected = naive.crop_logits("clearclip", visual, crop[0], text, False, 3.0)
     assert ours.shape == (3, 8, 10)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,text",
+    [
+        ({"proxy": "dinoo"}, "unknown proxy 'dinoo'"),
+        ({"short_side": 8}, "short side must be ≥ the patch size (16)"),
+        ({"window": 8, "stride": 4}, "window must be ≥ the patch size (16)"),
+        ({"model": "ViT-L-14", "window": 12, "stride": 4}, "window must be ≥ the patch size (14)"),
+    ],
+)
+def test_from_pretrained_refuses_bad_settings_before_loading(monkeypatch, kwargs, text):
+    """From Python too, settings no model can run fail before weights are read or fetched:
+    the patch size comes from open_clip's config of the model named."""
+    import fbseg.pipeline.segmenter
+    from fbseg.errors import ConfigError
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(fbseg.pipeline.segmenter, "load_clip", no_loading)
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        Segmenter.from_pretrained(device="cpu", **kwargs)

@@ -136,6 +136,13 @@ def check_model_name(model: str) -> None:
         )
 
 
+def config_patch_size(model: str) -> int:
+    """The patch size of ``model``'s image tower as open_clip's config declares it (a name
+    ``check_model_name`` accepts), known before anything is built or downloaded."""
+    patch = _model_config(model)["vision_cfg"]["patch_size"]
+    return int(patch[0]) if isinstance(patch, (list, tuple)) else int(patch)
+
+
 def tag_network(model: str, tag: str) -> Network:
     """The network ``tag`` was trained as, from open_clip's pretrained table: its quick_gelu
     entry (absent: the model config's own) and its mean/std."""

@@ -135,16 +135,20 @@ class SegmentConfig:
         """A copy overridden by the flags a user gave; a flag left unset (None) keeps the value."""
         return self.replace(**{k: v for k, v in flags.items() if v is not None})
 
-    def check(self, patch: int) -> None:
-        """Fail early, with the setting named, on values no window loop can use."""
+    def check(self, patch: int | None = None) -> None:
+        """Fail early, with the setting named, on values no window loop can use; with the
+        model's ``patch`` size also on a window or short side smaller than a patch (None:
+        those two are left for when it is known)."""
         if self.window is not None:
-            if self.window < patch or self.stride < 1:
-                raise ConfigError(f"window must be ≥ the patch size ({patch}) and stride ≥ 1")
+            if self.stride < 1:
+                raise ConfigError("stride must be ≥ 1")
+            if patch is not None and self.window < patch:
+                raise ConfigError(f"window must be ≥ the patch size ({patch})")
             if self.stride > self.window:
                 raise ConfigError("stride larger than the window leaves pixels uncovered")
         if self.logit_scale <= 0:
             raise ConfigError("logit scale must be positive")
-        if self.short_side is not None and self.short_side < patch:
+        if self.short_side is not None and patch is not None and self.short_side < patch:
             raise ConfigError(f"short side must be ≥ the patch size ({patch})")
         if not 0.0 <= self.prob_threshold <= 1.0:
             raise ConfigError("the probability threshold must lie in [0, 1]")

@@ -18,6 +18,8 @@ from fbseg.hosts.base import Host, HostOptions
 from fbseg.io import ImageLike, read_image
 from fbseg.models.clip import (
     DEFAULT_BACKBONE,
+    check_model_name,
+    config_patch_size,
     default_lam,
     default_pretrained,
     load_clip,
@@ -25,6 +27,7 @@ from fbseg.models.clip import (
 )
 from fbseg.models.clip_tower import patch_size
 from fbseg.models.constants import on_device
+from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import weights_id
 from fbseg.pipeline.config import (
@@ -127,6 +130,10 @@ class Segmenter:
         target = resolve_device(device)  # bad settings fail before loading:
         resolve_precision(precision, target)
         graphed_forwards(target, cuda_graphs)
+        check_model_name(model)
+        config.check(config_patch_size(model))
+        if host_entry.needs_proxy:
+            PROXIES.get(proxy or DEFAULT_PROXY)
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fbseg.errors import OutputError
-from fbseg.io import atomic_write_bytes
+from fbseg.io import atomic_write_bytes, check_writable_folder
 from fbseg.npz import npz_bytes
 from fbseg.viz import png_bytes
 
@@ -21,10 +21,13 @@ def output_paths(out_dir: Path, image: Path, *, html: bool, save_raw: bool) -> d
 
 
 def check_free(paths: dict[str, Path], overwrite: bool) -> None:
-    """Fail before any work when an output exists and ``overwrite`` is off."""
+    """Fail before any work when an output exists and ``overwrite`` is off, or when its
+    folder cannot be written into."""
     taken = [p for p in paths.values() if p.exists()]
     if taken and not overwrite:
         raise OutputError(f"{taken[0]}: exists (use --overwrite)")
+    for folder in dict.fromkeys(p.parent for p in paths.values()):
+        check_writable_folder(folder)
 
 
 def write(exp, paths: dict[str, Path], *, title: str, overwrite: bool) -> list[Path]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fbseg.classes import ClassList
 from fbseg.errors import ConfigError, FbsegError
+from fbseg.io import check_writable_folder
 from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.device import (
     default_images_per_call,
@@ -59,11 +60,12 @@ class FolderRun:
 
 
 def check_run(options: OutputOptions, config: SegmentConfig) -> None:
-    """Settings a run cannot start with (checked before any model is loaded)."""
+    """Settings a run cannot start with, and an output folder it could not write into
+    (checked before any model is loaded)."""
+    config.check()
     if options.compare and not config.feedback:
         raise ConfigError("--compare shows what FSA changes; it needs --feedback")
-    if options.out_dir.exists() and not options.out_dir.is_dir():
-        raise ConfigError(f"output {options.out_dir} exists and is not a folder")
+    check_writable_folder(options.out_dir)
 
 
 def scan_inputs(paths: Sequence[str], recursive: bool = False) -> InputScan:
