@@ -101,6 +101,7 @@ def eval_command(
     with guarded(debug):
         from fbseg.eval import evaluate
         from fbseg.eval.datasets import find_samples
+        from fbseg.io import check_writable_folder
         from fbseg.runs import distributed
 
         spec = DATASETS.get(dataset)
@@ -108,6 +109,7 @@ def eval_command(
         samples = find_samples(spec, root)[:limit]
         # the dataset's protocol, then any protocol flag given explicitly
         _, config = preset_and_config(flags, spec.name)
+        check_writable_folder(work_dir)  # counts and the report go there
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
         seg = load_engine(engine_name, flags, config, show=show, device=dist.device_for(device))

@@ -308,3 +308,37 @@ def test_eval_bad_root_is_one_line(tmp_path, tiny_ckpt):
     assert r.exit_code == 4 and "expected folder" in r.stderr and "Traceback" not in r.output
     r = CliRunner().invoke(app, _eval_args(tmp_path, tiny_ckpt, tmp_path / "w", "voc22"))
     assert r.exit_code == 2 and "voc21" in r.stderr
+
+
+def test_eval_unwritable_work_dir_fails_before_any_weights_load(tmp_path, tiny_ckpt, monkeypatch):
+    """Counts and the report go to --work-dir: one that cannot be written into stops the
+    evaluation with one line before the model loads, not at the first image's count."""
+    import fbseg.pipeline.segmenter
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(fbseg.pipeline.segmenter, "load_clip", no_loading)
+    make_dataset("voc20", tmp_path / "data", n=1)
+    (tmp_path / "file").write_bytes(b"x")
+    r = CliRunner().invoke(app, _eval_args(tmp_path / "data", tiny_ckpt, tmp_path / "file" / "w"))
+    assert r.exit_code == 4, r.output
+    assert "cannot write into" in r.stderr and "Traceback" not in r.output
+
+
+def test_evaluate_checks_its_work_dir_before_the_first_image(tmp_path, tiny_clip, monkeypatch):
+    from fbseg.errors import OutputError
+    from fbseg.eval.evaluate import evaluate
+    from fbseg.pipeline.segmenter import Segmenter
+
+    seg = Segmenter(tiny_clip, model_name=TINY, host="naclip", device="cpu")
+
+    def must_not_run(*a, **k):
+        raise AssertionError("an image was segmented")
+
+    monkeypatch.setattr(Segmenter, "segment_batch", must_not_run)
+    make_dataset("voc20", tmp_path / "data", n=1)
+    spec = DATASETS.get("voc20")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(OutputError, match="cannot write into"):
+        evaluate(seg, spec, find_samples(spec, tmp_path / "data"), work_dir=tmp_path / "file" / "w")

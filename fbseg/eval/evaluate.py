@@ -22,7 +22,7 @@ import numpy as np
 from fbseg.errors import InputError
 from fbseg.eval.datasets import DatasetSpec, Sample, load_label
 from fbseg.eval.metrics import Scores, area_counts, scores_from_counts
-from fbseg.io import atomic_write_bytes, read_image
+from fbseg.io import atomic_write_bytes, check_writable_folder, read_image
 from fbseg.pipeline.config import SegmentConfig
 from fbseg.pipeline.device import (
     default_images_per_call,
@@ -221,6 +221,8 @@ def evaluate(
     config = config or spec.config(segmenter.config)
     identity = segmenter.identity(config)
     key = run_key(identity, spec, config)
+    if work_dir is not None:
+        check_writable_folder(work_dir)  # before any image, not at the first count
     folder = work_dir / "counts" / key if work_dir is not None else None
     cache = CountsCache(folder)
     totals = np.zeros((4, spec.num_classes), np.int64)
