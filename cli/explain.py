@@ -106,13 +106,15 @@ def explain_command(
     flags = dict(locals())
     with guarded(debug):
         from fbseg.io import read_image
+        from fbseg.pipeline.explain import check_points
         from fbseg.runs import explain_files
 
         cl = class_list(classes, classes_file)
         preset, config = preset_and_config(flags)
         config = config.replace(feedback=True)  # FSA is what is explained
         points = [_point(p) for p in at or []]
-        rgb = read_image(image)  # a bad image fails before the model loads
+        rgb = read_image(image)  # a bad image or point fails before the model loads
+        check_points(points, rgb.shape[:2])
         targets = explain_files.output_paths(output, image, html=html, save_raw=save_raw)
         explain_files.check_free(targets, overwrite)
         choice = ModelChoice.from_flags(flags, preset)

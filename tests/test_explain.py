@@ -134,6 +134,19 @@ def test_explain_cli_writes_sheet_page_and_raw(tmp_path, tiny_ckpt):
     assert r.exit_code == 2 and "--at takes X,Y" in r.stderr
 
 
+def test_explain_point_outside_the_image_fails_before_any_weights_load(tmp_path, monkeypatch):
+    import fbseg.pipeline.segmenter
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(fbseg.pipeline.segmenter, "load_clip", no_loading)
+    args = ["explain", str(ASSETS / "cat.jpg"), "-c", "cat,rug", "-o", str(tmp_path)]
+    r = CliRunner().invoke(app, [*args, "--at", "10,20", "--at", "451,0"])
+    assert r.exit_code == 2 and "point 451,0 is outside the 451×300 image" in r.stderr
+    assert "Traceback" not in r.output and list(tmp_path.iterdir()) == []
+
+
 def test_segment_compare_writes_baseline_and_diff(tmp_path, tiny_ckpt):
     r = CliRunner().invoke(
         app,

@@ -173,6 +173,14 @@ def auto_points(
 
 
 @torch.inference_mode()
+def check_points(points: Sequence[tuple[int, int]] | None, size: tuple[int, int]) -> None:
+    """A ConfigError naming the first (x, y) point outside an image of ``size`` (H, W)."""
+    H, W = size
+    for x, y in points or []:
+        if not (0 <= x < W and 0 <= y < H):
+            raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
+
+
 def explain(
     segmenter,
     image,
@@ -188,9 +196,7 @@ def explain(
     rgb, guide = prepared.rgb, segmenter.model_input(prepared)
     img = guide.to(segmenter.dtype)
     H, W = rgb.shape[:2]
-    for x, y in points or []:
-        if not (0 <= x < W and 0 <= y < H):
-            raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
+    check_points(points, (H, W))
     text = segmenter.encode_text(classes).to(segmenter.dtype)
     lam_value = segmenter.lam_for(cfg)
     C = text.shape[0]
