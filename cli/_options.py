@@ -14,6 +14,7 @@ from fbseg.engines import DEFAULT_ENGINE, ENGINES
 from fbseg.hosts import DEFAULT_HOST, HOSTS
 from fbseg.models.clip import BACKBONES, DEFAULT_BACKBONE
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
+from fbseg.models.weights import check_weights_file
 from fbseg.pipeline.config import (
     CUDA_GRAPHS,
     DEFAULTS,
@@ -251,13 +252,19 @@ class ModelChoice:
 
     @classmethod
     def from_flags(cls, flags: dict, preset: Preset) -> ModelChoice:
-        """The model flags, the host defaulting to the preset's; an unknown host or proxy
-        fails here, before anything loads."""
+        """The model flags, the host defaulting to the preset's; an unknown host or proxy, or
+        a weights file that is not there, fails here, before anything loads."""
         values = {k: flags[k] for k in cls.__dataclass_fields__}
         values["host"] = values["host"] or preset.host
         values["model"] = values["model"] or DEFAULT_BACKBONE
         if HOSTS.get(values["host"]).needs_proxy:
             PROXIES.get(values["proxy"] or DEFAULT_PROXY)
+        for key, flag in (
+            ("checkpoint", "--checkpoint"),
+            ("proxy_checkpoint", "--proxy-checkpoint"),
+        ):
+            if values[key] is not None:
+                check_weights_file(values[key], flag)
         return cls(**values)
 
     def label(self) -> str:

@@ -170,6 +170,8 @@ def test_usage_errors(tmp_path, fast, args, code, text):
         (["--short-side", "8"], 2, "short side must be ≥ the patch size (16)"),
         (["-o", "{photo}"], 2, "exists and is not a folder"),
         (["-o", "{photo}/out"], 4, "cannot write into"),
+        (["--checkpoint", "{photo}.pt"], 3, "--checkpoint {photo}.pt: no such file"),
+        (["--proxy-checkpoint", "{photo}.pt"], 3, "--proxy-checkpoint {photo}.pt: no such file"),
     ],
 )
 def test_bad_settings_fail_before_any_weights_load(
@@ -189,7 +191,7 @@ def test_bad_settings_fail_before_any_weights_load(
     out = [] if "-o" in args else ["-o", str(tmp_path / "out")]
     r = run([command, str(photo), "-c", "cat,rug", "--device", "cpu", *out, *args])
     assert r.exit_code == code, r.output
-    assert text in r.stderr and "Traceback" not in r.output
+    assert text.format(photo=photo) in r.stderr and "Traceback" not in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.jpg"]  # no folder left behind
 
 

@@ -379,17 +379,21 @@ def test_large_backbones_build_load_and_match(tmp_path, model):
         ({"short_side": 8}, "short side must be ≥ the patch size (16)"),
         ({"window": 8, "stride": 4}, "window must be ≥ the patch size (16)"),
         ({"model": "ViT-L-14", "window": 12, "stride": 4}, "window must be ≥ the patch size (14)"),
+        (
+            {"proxy_checkpoint": "missing-dino.pt"},
+            "--proxy-checkpoint missing-dino.pt: no such file",
+        ),
     ],
 )
 def test_from_pretrained_refuses_bad_settings_before_loading(monkeypatch, kwargs, text):
     """From Python too, settings no model can run fail before weights are read or fetched:
     the patch size comes from open_clip's config of the model named."""
     import fbseg.pipeline.segmenter
-    from fbseg.errors import ConfigError
+    from fbseg.errors import ConfigError, WeightsUnavailableError
 
     def no_loading(*a, **k):
         raise AssertionError("weights were loaded")
 
     monkeypatch.setattr(fbseg.pipeline.segmenter, "load_clip", no_loading)
-    with pytest.raises(ConfigError, match=re.escape(text)):
+    with pytest.raises((ConfigError, WeightsUnavailableError), match=re.escape(text)):
         Segmenter.from_pretrained(device="cpu", **kwargs)

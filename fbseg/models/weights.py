@@ -120,15 +120,22 @@ def is_torchscript(path: str | Path) -> bool:
         return False
 
 
+def check_weights_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a Path; a WeightsUnavailableError naming ``flag`` when no such file exists
+    (checked before anything loads, and again when it is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{flag} {path}: no such file")
+    return path
+
+
 def read_state_dict(path: str | Path, flag: str) -> dict:
     """A state dict from a local file: plain ``torch.save(state_dict)``, safetensors, a
     TorchScript archive (OpenAI's format), or a training checkpoint holding one under
     "state_dict"/"model" (a "module." prefix is dropped)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailableError(f"{flag} {path}: no such file")
+    path = check_weights_file(path, flag)
     try:
         if is_torchscript(path):
             with warnings.catch_warnings():  # torch marks TorchScript as deprecated

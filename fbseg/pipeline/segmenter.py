@@ -29,7 +29,7 @@ from fbseg.models.clip_tower import patch_size
 from fbseg.models.constants import on_device
 from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
 from fbseg.models.text import TextCache, text_cache_root
-from fbseg.models.weights import weights_id
+from fbseg.models.weights import check_weights_file, weights_id
 from fbseg.pipeline.config import (
     CUDA_GRAPHS,
     DEFAULTS,
@@ -134,6 +134,9 @@ class Segmenter:
         config.check(config_patch_size(model))
         if host_entry.needs_proxy:
             PROXIES.get(proxy or DEFAULT_PROXY)
+        for path, flag in ((checkpoint, "--checkpoint"), (proxy_checkpoint, "--proxy-checkpoint")):
+            if path is not None:
+                check_weights_file(path, flag)
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)
