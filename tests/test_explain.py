@@ -33,6 +33,22 @@ def explained(tiny_clip):
     return seg, rgb, parse_classes(classes), seg.explain(rgb, classes, points, **KW)
 
 
+def test_explain_keeps_no_autograd_graph(explained, monkeypatch):
+    """explain runs its forwards in inference mode, as segment does: no graph is kept for
+    a backward pass that never comes (memory, and time)."""
+    seg, rgb, classes, _ = explained
+    seen = []
+    plain = seg.encode_text
+
+    def spy(*a, **k):
+        seen.append(torch.is_inference_mode_enabled())
+        return plain(*a, **k)
+
+    monkeypatch.setattr(seg, "encode_text", spy)
+    seg.explain(rgb, classes, [(0, 0)], **KW)
+    assert seen == [True]
+
+
 def test_points_map_to_windows_and_patches_at_corners(explained):
     _, rgb, _, exp = explained
     assert exp.protocol_size == protocol_size(70, 130, 64) == (64, 119)

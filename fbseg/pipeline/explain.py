@@ -172,7 +172,6 @@ def auto_points(
     return points
 
 
-@torch.inference_mode()
 def check_points(points: Sequence[tuple[int, int]] | None, size: tuple[int, int]) -> None:
     """A ConfigError naming the first (x, y) point outside an image of ``size`` (H, W)."""
     H, W = size
@@ -181,6 +180,7 @@ def check_points(points: Sequence[tuple[int, int]] | None, size: tuple[int, int]
             raise ConfigError(f"point {x},{y} is outside the {W}×{H} image")
 
 
+@torch.inference_mode()
 def explain(
     segmenter,
     image,
