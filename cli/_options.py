@@ -392,6 +392,20 @@ def load_segmenter(
     )
 
 
+def say_names_to_encode(engine, classes, *, show: bool) -> None:
+    """Before the wait of a first use: how many class names go through the text encoder
+    (with CLIP, 80 prompts a name; on a CPU about 0.2 s a name). Later runs read them from
+    the cache and say nothing."""
+    if not show:
+        return
+    from ._console import err
+
+    new = engine.names_to_encode(classes)
+    if new:
+        plural = "s" if len(new) > 1 else ""
+        err.print(f"encoding {len(new)} class name{plural} not used before (then cached) ...")
+
+
 def class_list(classes, classes_file, background=None, background_threshold=None):
     """The ClassList from --classes or --classes-file, with the optional background class."""
     from fbseg.classes import parse_classes, read_class_file, with_background

@@ -39,6 +39,7 @@ from ._options import (
     engine_of,
     load_engine,
     preset_and_config,
+    say_names_to_encode,
 )
 
 HELP = f"""Evaluate on a benchmark ({", ".join(DATASETS.names())}) with the paper's protocol: its
@@ -113,6 +114,7 @@ def eval_command(
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
         seg = load_engine(engine_name, flags, config, show=show, device=dist.device_for(device))
+        say_names_to_encode(seg, spec.classes(), show=show)
         mine = dist.shard(samples)
         progress = progress_bar(show)
         with progress:

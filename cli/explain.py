@@ -37,6 +37,7 @@ from ._options import (
     class_list,
     load_segmenter,
     preset_and_config,
+    say_names_to_encode,
 )
 
 HELP = """Show what the model attends to. For each point (--at X,Y in image pixels; default: the
@@ -119,6 +120,7 @@ def explain_command(
         explain_files.check_free(targets, overwrite)
         choice = ModelChoice.from_flags(flags, preset)
         seg = load_segmenter(choice, config, show=not quiet)
+        say_names_to_encode(seg, cl, show=not quiet)
         exp = seg.explain(rgb, cl, points or None)
         written = explain_files.write(
             exp, targets, title=f"{image.name} · {choice.label()} + FSA", overwrite=overwrite

@@ -44,6 +44,7 @@ from ._options import (
     engine_of,
     load_engine,
     preset_and_config,
+    say_names_to_encode,
 )
 
 HELP = """Segment images with free-text classes.
@@ -192,6 +193,7 @@ def segment(
         dist = distributed.from_environment()
         show = not quiet and dist.is_main
         seg = load_engine(engine_name, flags, config, show=show, device=dist.device_for(device))
+        say_names_to_encode(seg, cl, show=show)
         progress = progress_bar(show and len(dist.shard(scan.items)) > 1)
         with progress:
             task = progress.add_task("segmenting", total=len(dist.shard(scan.items)))

@@ -195,6 +195,21 @@ def test_bad_settings_fail_before_any_weights_load(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.jpg"]  # no folder left behind
 
 
+def test_first_use_of_class_names_is_announced_once(tmp_path, fast, monkeypatch):
+    """The wait for the text encoder is said before it starts, with the number of names
+    not cached; a run whose names are all cached says nothing of it."""
+    monkeypatch.setenv("FBSEG_CACHE", str(tmp_path / "cache"))
+    photo = str(ASSETS / "cat.jpg")
+    r = run(["segment", photo, "-c", "cat,sofa; couch", "-o", str(tmp_path / "a"), *fast])
+    assert r.exit_code == 0 and "encoding 3 class names not used before" in r.stderr
+    r = run(["segment", photo, "-c", "sofa; couch,cat", "-o", str(tmp_path / "b"), *fast])
+    assert r.exit_code == 0 and "encoding" not in r.stderr
+    r = run(["segment", photo, "-c", "cat,rug", "-o", str(tmp_path / "c"), *fast])
+    assert r.exit_code == 0 and "encoding 1 class name not used before" in r.stderr
+    r = run(["segment", photo, "-c", "cat,lamp", "-q", "-o", str(tmp_path / "d"), *fast])
+    assert r.exit_code == 0 and "encoding" not in r.stderr
+
+
 def test_missing_input_and_directory(tmp_path, fast):
     r = run(["segment", str(tmp_path / "nope.jpg"), "-c", "cat", *fast])
     assert r.exit_code == 5 and "no input image matched" in r.stderr

@@ -383,11 +383,14 @@ def test_images_batched_and_names_halved_on_out_of_memory_change_nothing(engine,
 def test_name_features_cached_on_disk_are_reused(sam3_dir, engine, text_cache):
     from fbseg.pipeline.sam3 import Sam3Segmenter
 
+    assert engine.names_to_encode("lamp,shelf; lamp") == ["lamp", "shelf"]
     engine.segment(random_image(50, 70, seed=9), "lamp,shelf")
+    assert engine.names_to_encode("shelf,lamp,desk") == ["desk"]
     again = Sam3Segmenter.from_pretrained(
         sam3_dir, device="cpu", precision="fp32", text_cache_dir=text_cache
     )
     assert again.text_cache.folder == engine.text_cache.folder
+    assert again.names_to_encode("lamp,shelf") == []  # on disk
     r = again.segment(random_image(50, 70, seed=9), "lamp,shelf")
     assert again.text_cache.hits == 2 and again.text_cache.misses == 0
     np.testing.assert_allclose(

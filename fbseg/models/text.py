@@ -167,6 +167,11 @@ class TextCache:
         except OSError as exc:  # a cache that cannot be written is not an error
             log.debug("text cache not written: %s", exc)
 
+    def uncached(self, names: Sequence[str]) -> list[str]:
+        """The names (each once, in order) with no embedding in memory or on disk yet: what
+        a call would run through the text encoder."""
+        return [n for n in dict.fromkeys(names) if self.get(n) is None]
+
     def embeddings(self, clip, tokenizer, names: Sequence[str], device) -> torch.Tensor:
         """(C, E) fp32 on ``device`` for ``names``, encoding only the missing ones."""
         found = {n: self.get(n) for n in dict.fromkeys(names)}

@@ -36,5 +36,9 @@ class Engine(Protocol):
     def encode_text(self, classes: ClassList) -> torch.Tensor:
         """Embed the class names once (cached), so a bad list fails before the first image."""
 
+    def names_to_encode(self, classes: ClassList) -> list[str]:
+        """The names ``encode_text`` would still run through the text encoder (not cached):
+        the CLI says so before the wait of a first use."""
+
     def identity(self, config: SegmentConfig | None = None) -> dict:
         """Everything besides the image and the protocol that decides the output."""

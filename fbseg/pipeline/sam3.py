@@ -115,6 +115,11 @@ class Sam3Segmenter:
             "protocol": PROTOCOL_VERSION,
         }
 
+    def names_to_encode(self, classes: ClassList | str | Sequence[str]) -> list[str]:
+        """The names ``encode_text`` would still run through the text encoder (not cached)."""
+        names = [n for n in as_classes(classes).flat_names if n not in self._text]
+        return self.text_cache.uncached(names)
+
     @torch.inference_mode()
     def encode_text(self, classes: ClassList | str | Sequence[str]) -> torch.Tensor:
         """Each name's projected text features (C, L, D), encoded once and kept on disk like

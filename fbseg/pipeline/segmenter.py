@@ -183,6 +183,10 @@ class Segmenter:
         names = as_classes(classes).flat_names
         return self.text_cache.embeddings(self.clip, self.tokenizer, names, self.device)
 
+    def names_to_encode(self, classes: ClassList | str | Sequence[str]) -> list[str]:
+        """The names ``encode_text`` would still run through the text tower (not cached)."""
+        return self.text_cache.uncached(as_classes(classes).flat_names)
+
     def prepare(
         self, image: ImageLike, config: SegmentConfig | None = None, **overrides
     ) -> PreparedImage:
