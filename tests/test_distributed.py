@@ -19,6 +19,7 @@ ENTRY = Path(__file__).parent / "dist_entry.py"
 
 def _launch(nproc: int, args: list[str], tmp_path: Path, port: int, **env_extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent), **env_extra)
+    env["TMPDIR"] = str(tmp_path)  # torchrun's own folders go with the test's, not into /tmp
     if nproc == 1:
         cmd = [sys.executable, str(ENTRY), *args]
     else:
