@@ -257,14 +257,9 @@ class ModelChoice:
         values = {k: flags[k] for k in cls.__dataclass_fields__}
         values["host"] = values["host"] or preset.host
         values["model"] = values["model"] or DEFAULT_BACKBONE
-        if HOSTS.get(values["host"]).needs_proxy:
-            PROXIES.get(values["proxy"] or DEFAULT_PROXY)
-        for key, flag in (
-            ("checkpoint", "--checkpoint"),
-            ("proxy_checkpoint", "--proxy-checkpoint"),
-        ):
-            if values[key] is not None:
-                check_weights_file(values[key], flag)
+        HOSTS.get(values["host"]).check_choice(values["proxy"], values["proxy_checkpoint"])
+        if values["checkpoint"] is not None:
+            check_weights_file(values["checkpoint"], "--checkpoint")
         return cls(**values)
 
     def label(self) -> str:

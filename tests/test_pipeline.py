@@ -224,15 +224,22 @@ def test_text_embedding_is_the_template_mean(tiny_clip, tmp_path):
     assert again.text_cache.hits == 3 and again.text_cache.misses == 0
 
 
-class _Lengths:
-    """Records the sequence length each call of a text tower's transformer got."""
+def _full_and_cut(clip, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """open_clip's ``encode_text`` over the whole context, ``encode_prompts``, and the
+    sequence lengths the text tower's transformer got in ``encode_prompts``."""
+    from fbseg.models.text import encode_prompts
 
-    def __init__(self, clip) -> None:
-        self.seen: list[int] = []
-        self.handle = clip.transformer.register_forward_pre_hook(self)
-
-    def __call__(self, module, args) -> None:
-        self.seen.append(args[0].shape[1])
+    seen: list[int] = []
+    with torch.inference_mode():
+        full = clip.encode_text(tokens)
+        hook = clip.transformer.register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].shape[1])
+        )
+        try:
+            cut = encode_prompts(clip, tokens)
+        finally:
+            hook.remove()
+    return full, cut, seen
 
 
 def _template_tokens(model: str, names: list[str]) -> torch.Tensor:
@@ -254,22 +261,14 @@ def _fresh_tiny_clip(tiny_ckpt):
 def test_prompts_run_on_the_positions_that_decide_them(tiny_ckpt, pool):
     """open_clip's encode_text over the whole context, against encode_prompts: the same
     embeddings, with the tower run on positions up to the last end-of-text token only."""
-    from fbseg.models.text import encode_prompts
-
     tiny_clip = _fresh_tiny_clip(tiny_ckpt)
     tokens = _template_tokens(TINY, ["cat", "a bright red double-decker bus parked outside"])
     if pool == "eos":
         tiny_clip.text_pool_type = "eos"
         tiny_clip.text_eos_id = int(tokens.max())
     last_eot = max(row.nonzero().max().item() for row in tokens)  # pads are 0
-    with torch.inference_mode():
-        full = tiny_clip.encode_text(tokens)
-        lengths = _Lengths(tiny_clip)
-        try:
-            cut = encode_prompts(tiny_clip, tokens)
-        finally:
-            lengths.handle.remove()
-    assert lengths.seen == [last_eot + 1] and last_eot + 1 < tokens.shape[1]
+    full, cut, seen = _full_and_cut(tiny_clip, tokens)
+    assert seen == [last_eot + 1] and last_eot + 1 < tokens.shape[1]
     torch.testing.assert_close(cut, full, rtol=0, atol=1e-5)
 
 
@@ -277,22 +276,14 @@ def test_prompts_run_on_the_positions_that_decide_them(tiny_ckpt, pool):
 def test_prompts_keep_the_whole_context_where_later_positions_count(tiny_ckpt, change):
     """A tower whose mask lets a position see later ones, or that pools the last position,
     depends on the padding: it runs on all 77 positions, as open_clip runs it."""
-    from fbseg.models.text import encode_prompts
-
     tiny_clip = _fresh_tiny_clip(tiny_ckpt)
     tokens = _template_tokens(TINY, ["cat"])[:8]
     if change == "mask sees later positions":
         tiny_clip.attn_mask[3, 60] = 0.0  # one early row sees one padding position
     else:
         tiny_clip.text_pool_type = "last"
-    with torch.inference_mode():
-        full = tiny_clip.encode_text(tokens)
-        lengths = _Lengths(tiny_clip)
-        try:
-            cut = encode_prompts(tiny_clip, tokens)
-        finally:
-            lengths.handle.remove()
-    assert lengths.seen == [tokens.shape[1]]
+    full, cut, seen = _full_and_cut(tiny_clip, tokens)
+    assert seen == [tokens.shape[1]]
     torch.testing.assert_close(cut, full, rtol=0, atol=0)
 
 

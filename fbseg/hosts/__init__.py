@@ -32,6 +32,18 @@ class HostEntry:
         module, cls = self.target.split(":")
         return getattr(importlib.import_module(module), cls)
 
+    def check_choice(self, proxy: str | None, proxy_checkpoint) -> None:
+        """What building this host would refuse, found before anything loads: an unknown
+        proxy, or a proxy weights file that is not there (hosts without a proxy ignore both)."""
+        if not self.needs_proxy:
+            return
+        from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
+        from fbseg.models.weights import check_weights_file
+
+        PROXIES.get(proxy or DEFAULT_PROXY)
+        if proxy_checkpoint is not None:
+            check_weights_file(proxy_checkpoint, "--proxy-checkpoint")
+
     def build(self, options: HostOptions | None = None) -> Host:
         """An instance, with what it owns loaded (ProxyCLIP: its proxy)."""
         from fbseg.hosts.base import HostOptions

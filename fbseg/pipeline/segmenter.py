@@ -27,7 +27,6 @@ from fbseg.models.clip import (
 )
 from fbseg.models.clip_tower import patch_size
 from fbseg.models.constants import on_device
-from fbseg.models.proxy_specs import DEFAULT_PROXY, PROXIES
 from fbseg.models.text import TextCache, text_cache_root
 from fbseg.models.weights import check_weights_file, weights_id
 from fbseg.pipeline.config import (
@@ -132,11 +131,9 @@ class Segmenter:
         graphed_forwards(target, cuda_graphs)
         check_model_name(model)
         config.check(config_patch_size(model))
-        if host_entry.needs_proxy:
-            PROXIES.get(proxy or DEFAULT_PROXY)
-        for path, flag in ((checkpoint, "--checkpoint"), (proxy_checkpoint, "--proxy-checkpoint")):
-            if path is not None:
-                check_weights_file(path, flag)
+        host_entry.check_choice(proxy, proxy_checkpoint)
+        if checkpoint is not None:
+            check_weights_file(checkpoint, "--checkpoint")
         if checkpoint is None and pretrained is None:
             pretrained = default_pretrained(model)
         clip = load_clip(model, pretrained, checkpoint)
