@@ -797,12 +797,14 @@ def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: s
             if windows is not None:  # recorded anew, within the limit of recordings
                 with_graphs(seg)
                 seg.windows_per_forward = windows
-                all_results(seg, prepared, classes, per_call)  # first sights; model_only records
+                for _ in range(2):  # first sights, recordings: model_only's warm-up checks
+                    all_results(seg, prepared, classes, per_call)
             r = model_only(seg, prepared, classes, per_call)
             seg.windows_per_forward = keep
             best = max(best, r["images_per_s"])
             what = f"model only, {per_call}/call, CUDA graphs"
             what += f", {windows} windows/forward" if windows is not None else ""
+            what += f" ({seg.graphs.recorded} recorded)"
             _add(
                 report,
                 {"host": host, "what": what, **r, "tflops": flops * r["images_per_s"] / 1e12},

@@ -252,6 +252,38 @@ def test_a_segmenter_replaying_its_forwards_gives_the_same_results(tiny_clip, ho
     assert recorder.replays == 2 * 4 - 2  # every forward but each key's first sight
 
 
+def test_replayed_forwards_run_what_is_left_in_powers_of_two(tiny_clip, monkeypatch):
+    """Seven windows of one size, four per forward: with recordings the batches are 4, 2 and
+    1 (a number of windows left over runs in shapes a later call meets again), without them
+    4 and 3; the results agree."""
+    from fbseg.pipeline import segmenter as segmenter_module
+
+    seg = _segmenter(tiny_clip, "naclip")
+    seg.windows_per_forward = 4
+    images = [random_image(64, 96, seed=s) for s in range(3)] + [random_image(64, 64, seed=3)]
+    expected = seg.segment_batch(images, NAMES)
+    sizes: list[int] = []
+    plain = segmenter_module.crop_logits
+
+    def counted(model, crops, *args, **kwargs):
+        sizes.append(crops.shape[0])
+        return plain(model, crops, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter_module, "crop_logits", counted)
+    seg.segment_batch(images, NAMES)
+    assert sizes == [4, 3]
+    recorder = ReplayOnBuffers()
+    seg.graphs = GraphedForwards(recorder)
+    sizes.clear()
+    for _ in range(3):  # first sight, recording, replay
+        got = seg.segment_batch(images, NAMES)
+    assert recorder.recordings == 3 and recorder.replays == 3 + 3  # 3 checked against forwards
+    assert sizes[:3] == [4, 2, 1]
+    for want, ours in zip(expected, got):  # other batch sizes: float rounding only
+        np.testing.assert_array_equal(ours.labels, want.labels)
+        np.testing.assert_allclose(ours.probs, want.probs, rtol=0, atol=1e-5)
+
+
 def test_running_out_of_memory_drops_the_recordings(tiny_clip):
     seg = _segmenter(tiny_clip, "naclip")
     seg.graphs = GraphedForwards(ReplayOnBuffers())

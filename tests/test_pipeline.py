@@ -119,7 +119,7 @@ def test_stitching_averages_each_pixel_over_the_windows_that_cover_it(monkeypatc
             out.append(per_crop[key])
         return torch.stack(out)
 
-    def stitch(windows_per_forward):
+    def stitch(windows_per_forward, few_shapes=False):
         return window_mod.slide_many(
             images,
             crop_fn,
@@ -127,12 +127,13 @@ def test_stitching_averages_each_pixel_over_the_windows_that_cover_it(monkeypatc
             stride=24,
             pad_multiple=14,
             windows_per_forward=windows_per_forward,
+            few_shapes=few_shapes,
         )
 
     first = stitch(3)
     assert window_mod.slide_many([], crop_fn, window=window, stride=24, pad_multiple=14) == []
     monkeypatch.setattr(window_mod, "STITCH_BYTES", 1)  # one window per upsampling
-    for other in (stitch(3), stitch(1)):
+    for other in (stitch(3), stitch(1), stitch(4, few_shapes=True)):
         assert all(torch.equal(a, b) for a, b in zip(first, other))
     for image, result in zip(images, first):
         h, w = image.shape[1:]
@@ -157,6 +158,63 @@ def test_stitching_averages_each_pixel_over_the_windows_that_cover_it(monkeypatc
             count[y1:y2, x1:x2] += 1
         assert count.min() >= 1
         torch.testing.assert_close(result, total / count, rtol=0, atol=1e-6)
+
+
+def binary_parts(n: int) -> list[int]:
+    """n as a sum of distinct powers of two, largest first (its binary digits)."""
+    return [2**b for b in reversed(range(n.bit_length())) if n & 2**b]
+
+
+@pytest.mark.parametrize("per_forward", [1, 3, 8, 24, 32])
+def test_few_shapes_runs_the_windows_left_in_powers_of_two(per_forward):
+    """Full batches first, then what is left in its binary parts; without ``few_shapes`` one
+    batch of what is left. Either way every window once; with it, a crop size's batches take
+    only the full size and powers of two below it, whatever the number of windows."""
+    from fbseg.pipeline.window import next_batch
+
+    def batches(n, few_shapes):
+        sizes = []
+        while n > sum(sizes):
+            sizes.append(next_batch(n - sum(sizes), per_forward, few_shapes))
+        return sizes
+
+    shapes = set()
+    for n in range(100):
+        full, left = divmod(n, per_forward)
+        assert batches(n, False) == [per_forward] * full + ([left] if left else [])
+        assert batches(n, True) == [per_forward] * full + binary_parts(left)
+        shapes.update(batches(n, True))
+    powers_below = {2**k for k in range(8) if 2**k < per_forward}
+    assert shapes == {per_forward} | powers_below
+
+
+def test_few_shapes_batches_each_crop_size_on_its_own():
+    """Windows of two crop sizes from three images: each size's windows are batched apart,
+    the remainder of each in powers of two."""
+    from fbseg.pipeline import window as window_mod
+
+    g = torch.Generator().manual_seed(0)
+    # 64×160: 1×5 windows of 64²; 64×64: one; 40×64: 1×1 windows of 40×64 (height under 64)
+    images = [torch.randn(3, 64, 160, generator=g), torch.randn(3, 64, 64, generator=g)]
+    images += [torch.randn(3, 40, 64, generator=g)] * 3
+    seen: list[tuple[int, int, int]] = []
+
+    def crop_fn(crops):
+        seen.append(tuple(crops.shape[i] for i in (0, 2, 3)))
+        return crops.mean(1, keepdim=True)[:, :, ::16, ::16]
+
+    window_mod.slide_many(
+        images,
+        crop_fn,
+        window=64,
+        stride=24,
+        pad_multiple=16,
+        windows_per_forward=4,
+        few_shapes=True,
+    )
+    square = len(window_boxes(64, 160, 64, 24)) + 1
+    assert [b for b, h, w in seen if (h, w) == (64, 64)] == [4] + binary_parts(square - 4)
+    assert [b for b, h, w in seen if (h, w) == (48, 64)] == binary_parts(3)  # padded to 16
 
 
 def test_protocol_size_is_mmseg_keep_ratio():

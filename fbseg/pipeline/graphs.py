@@ -31,7 +31,9 @@ from torch.utils._pytree import tree_leaves
 log = logging.getLogger("fbseg")
 
 # Recorded forwards kept per segmenter; a batch shape beyond them runs as before. At the
-# default protocol a run needs one crop size and at most one graph per window-batch size.
+# default protocol a run needs one crop size, whose windows left over after the full
+# batches run in powers of two (``slide_many(few_shapes=True)``): 4 shapes at 8 windows per
+# forward, 6 at 32, for each class list's number of names.
 GRAPH_LIMIT = 16
 # A recording's first replay on inputs other than those it was recorded with is checked
 # against the forward run as it is: it is kept if at most this share of the output's entries

@@ -301,6 +301,7 @@ class Segmenter:
             windows_per_forward=self.windows_per_forward or self._windows_for,
             on_shrink=self._shrink_window_batch,
             crop_transform=self.normalise,
+            few_shapes=self.graphs is not None,  # each batch shape is one recording
         )
         t2 = time.perf_counter()
         pending = device_results(

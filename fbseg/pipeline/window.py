@@ -71,6 +71,7 @@ def slide_many(
     windows_per_forward: int | Callable[[int, int], int] = 8,
     on_shrink: Callable[[int], None] | None = None,
     crop_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    few_shapes: bool = False,
 ) -> list[torch.Tensor]:
     """Sliding-window logits (C, H, W) for each normalised image (3, H, W).
 
@@ -85,7 +86,11 @@ def slide_many(
     single window that does not fit raises ``WindowTooLargeError``. ``crop_transform``, when
     given, maps each stacked batch of crops before it is padded: per-pixel work such as the
     normalisation, done once per batch rather than once per image (``images`` are then what
-    it takes).
+    it takes). With ``few_shapes`` the windows left after the full batches of a crop size run
+    in batches of powers of two (13 left of 32: 8, 4 and 1; ``next_batch``), so the batches of
+    a crop size take only the full size and the powers of two below it (6 shapes for 32),
+    rather than one shape per remainder: what replayed recordings (CUDA graphs, one per
+    shape) need to be reused.
 
     Beside a GPU the host only queues work: about one operation per window (its add) plus a
     few per image and per batch, and one upload of the window counts per call.
@@ -110,7 +115,7 @@ def slide_many(
         )
         start = 0
         while start < len(group):
-            chunk = group[start : start + per_forward]
+            chunk = group[start : start + next_batch(len(group) - start, per_forward, few_shapes)]
             crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
             if crop_transform is not None:
                 crops = crop_transform(crops)
@@ -140,6 +145,14 @@ def slide_many(
         total.div_(rows[:, None] * columns[None, :])  # in place: no copy
         for total, (rows, columns) in zip(totals, _coverage(images, window, stride))
     ]
+
+
+def next_batch(left: int, per_forward: int, few_shapes: bool) -> int:
+    """How many of the ``left`` windows of a crop size the next forward takes: a full batch,
+    else all of them, or with ``few_shapes`` the largest power of two among them."""
+    if left >= per_forward or not few_shapes:
+        return min(left, per_forward)
+    return 1 << (left.bit_length() - 1)
 
 
 def _add_windows(
