@@ -145,6 +145,8 @@ def test_file_declared_as_tag_is_the_tag_network(offline_hub, tmp_path):
     assert activations(quick.clip.transformer) == {"QuickGELU"}
 
 
+# the file is written the way OpenAI's were; PyTorch now warns on every torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_openai_torchscript_file_loads_as_quickgelu(tmp_path):
     """OpenAI's original ``.pt`` files are TorchScript archives of a QuickGELU model."""
     import open_clip
