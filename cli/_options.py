@@ -372,7 +372,11 @@ def load_segmenter(
     from ._console import err
 
     if show:
-        err.print(f"loading {choice.label()}{' + FSA' if config.feedback else ''} ...")
+        where = device or choice.device
+        err.print(
+            f"loading {choice.label()}{' + FSA' if config.feedback else ''}"
+            f"{precision_note(choice.precision, where)} ..."
+        )
     return Segmenter.from_pretrained(
         choice.model,
         pretrained=choice.pretrained,
@@ -385,6 +389,19 @@ def load_segmenter(
         precision=choice.precision,
         cuda_graphs=cuda_graphs,
     )
+
+
+def precision_note(precision: str, device: str) -> str:
+    """What the loading line adds where the backbones run in fp32 on a CPU that multiplies
+    bf16 in hardware: ``--precision bf16`` is then several times faster (``BF16_SPEED_UP``)."""
+    from fbseg.pipeline.config import BF16_SPEED_UP
+    from fbseg.pipeline.device import cpu_has_bf16_matrix_units, resolve_device
+
+    if precision != "auto" or resolve_device(device).type != "cpu":
+        return ""
+    if not cpu_has_bf16_matrix_units():
+        return ""
+    return f" (--precision bf16: about {BF16_SPEED_UP}× faster on this CPU)"
 
 
 def say_names_to_encode(engine, classes, *, show: bool) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from fbseg.errors import ConfigError
 from fbseg.pipeline.config import (
+    AUTO_PRECISION,
     IMAGES_PER_CALL,
     IO_THREADS,
     MAX_WRITER_PROCESSES,
@@ -27,6 +28,16 @@ def for_device(table: dict[str, T], device: torch.device) -> T:
     """A per-device-type default from one of ``pipeline.config``'s tables; a device type the
     table does not name takes the CPU's."""
     return table.get(device.type, table["cpu"])
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX) through oneDNN, as
+    PyTorch reports it; False where this PyTorch cannot tell."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(amx and torch.backends.mkldnn.is_available() and amx())
+    except Exception:  # noqa: BLE001 - a probe that fails means no
+        return False
 
 
 def default_images_per_call(device: torch.device) -> int:
@@ -86,8 +97,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``precision`` as a dtype; "auto" by device type (``AUTO_PRECISION``)."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return PRECISIONS[for_device(AUTO_PRECISION, device)]
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     return PRECISIONS[precision]
