@@ -1,4 +1,4 @@
-"""What `--precision auto` resolves to (fp16 on CUDA, fp32 elsewhere), and the hint a CPU
+"""What `--precision auto` resolves to (fp16 on CUDA, fp32 elsewhere), and the tip a CPU
 that multiplies bf16 in hardware gets."""
 
 import json
@@ -15,7 +15,7 @@ from fbseg_cli import app
 from conftest import ASSETS
 from helpers import FAST
 
-HINT = "(--precision bf16: about 3× faster on this CPU)"
+TIP = "tip: --precision bf16 is about 3× faster on this CPU"
 
 
 @pytest.fixture(params=[True, False], ids=["bf16 units", "no bf16 units"])
@@ -47,7 +47,7 @@ def test_the_probe_agrees_with_the_cpus_own_flags():
     assert device_mod.cpu_has_bf16_matrix_units() == expected
 
 
-def test_the_hint_comes_with_auto_on_a_cpu_with_bf16_units(tmp_path, tiny_ckpt, bf16_units):
+def test_the_tip_comes_with_auto_on_a_cpu_with_bf16_units(tmp_path, tiny_ckpt, bf16_units):
     args = ["segment", str(ASSETS / "cat.jpg"), "-c", "cat,rug", *FAST]
     args += ["--checkpoint", str(tiny_ckpt)]
 
@@ -56,9 +56,9 @@ def test_the_hint_comes_with_auto_on_a_cpu_with_bf16_units(tmp_path, tiny_ckpt, 
         assert r.exit_code == 0, r.output
         return " ".join(r.stderr.split())  # as one line, however the console wrapped it
 
-    assert (HINT in stderr_with()) == bf16_units
-    assert HINT not in stderr_with("--precision", "fp32")  # asked for: no hint
-    assert HINT not in stderr_with("--precision", "bf16")
+    assert (TIP in stderr_with()) == bf16_units
+    assert TIP not in stderr_with("--precision", "fp32")  # asked for: no tip
+    assert TIP not in stderr_with("--precision", "bf16")
 
 
 def test_bf16_on_a_cpu_runs_and_says_so(tmp_path, tiny_ckpt):
