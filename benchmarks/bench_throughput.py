@@ -19,14 +19,15 @@ with ``--model-only``, measures only what every version has (``Segmenter.from_pr
 device's defaults, ``--writers 6 8`` with that many writer processes (fewer leave more cores
 to the thread that drives the model), and ``--worker-nice 10`` with its reader and writer
 processes at that niceness; ``--windows 8 32`` measures the largest images-per-call
-setting at other window batch sizes, and ``--post-pass-mb 0 1024`` at other post-processing
+setting at other window batch sizes (and ``segment DIR`` at the fastest of them, if faster
+than the default), and ``--post-pass-mb 0 1024`` at other post-processing
 pass sizes (0: image by image), each counting that call's operations too. On CUDA each
 model-only row counts the host's waits for the device in one call (``torch.cuda.set_sync_debug_mode``), and the
 forwards are also measured replayed as CUDA graphs (``Segmenter(cuda_graphs=True)``;
 ``--no-graphs`` leaves them out): how many were
 recorded, how their labels and class statistics compare with the forwards run kernel by
 kernel, model-only rows (with ``--windows``, at those window batches too) and the default
-``segment DIR`` run.
+``segment DIR`` run at the window batch of the fastest of those rows.
 """
 
 from __future__ import annotations
@@ -585,10 +586,14 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "tflops": flops * r["images_per_s"] / 1e12,
                 },
             )
+        # the window batch of the fastest model-only row at the largest images per call
+        fastest_windows: tuple[float, int | None] = (best, None)
         for windows in args.windows:
             keep, seg.windows_per_forward = seg.windows_per_forward, windows
             what = f"{max(args.batches)}/call, {windows} windows/forward"
             r = model_only(seg, prepared, classes, max(args.batches))
+            if r["images_per_s"] > fastest_windows[0]:
+                fastest_windows = (r["images_per_s"], windows)
             report["operations"][f"{host}, {what}"] = operations_per_call(
                 seg, prepared, classes, max(args.batches)
             )
@@ -659,6 +664,20 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     "of_model": r["images_per_s"] / best,
                 },
             )
+        if fastest_windows[1] is not None:  # the folder run at the faster window batch
+            keep, seg.windows_per_forward = seg.windows_per_forward, fastest_windows[1]
+            r = folder_run(default_group, writer_processes=processes)
+            seg.windows_per_forward = keep
+            what = f"segment DIR (group {default_group}, {fastest_windows[1]} windows/forward)"
+            _add(
+                report,
+                {
+                    "host": host,
+                    "what": what,
+                    **r,
+                    "of_model": r["images_per_s"] / fastest_windows[0],
+                },
+            )
         r = eval_run(seg, voc_root, default_group)
         what = f"eval voc21 (group {default_group}" + (
             ", reader processes)" if readers_apart else ")"
@@ -702,18 +721,19 @@ def measure_all(args, tmp: Path, datasets, default_images_per_call) -> dict:
                     report, {"host": host, "what": what, **r, "of_model": r["images_per_s"] / best}
                 )
         if graphs:  # model only, then the default run, its forwards replayed as CUDA graphs
-            graph_best = graph_rows(args, seg, prepared, classes, flops, report, host)
+            # (at the window batch of the fastest graph row)
+            graph_best, graph_windows = graph_rows(
+                args, seg, prepared, classes, flops, report, host
+            )
             with_graphs(seg)
+            keep, seg.windows_per_forward = seg.windows_per_forward, graph_windows
             r = folder_run(default_group, writer_processes=processes)
-            seg.graphs = None
+            seg.graphs, seg.windows_per_forward = None, keep
+            what = f"segment DIR, CUDA graphs (group {default_group}"
+            what += f", {graph_windows} windows/forward)" if graph_windows else ")"
             _add(
                 report,
-                {
-                    "host": host,
-                    "what": f"segment DIR, CUDA graphs (group {default_group})",
-                    **r,
-                    "of_model": r["images_per_s"] / graph_best,
-                },
+                {"host": host, "what": what, **r, "of_model": r["images_per_s"] / graph_best},
             )
         del seg, folder_run  # the model's memory goes before the reference form's
         if not args.no_reference:
@@ -764,10 +784,13 @@ def all_results(seg, prepared, classes, per_call: int) -> list:
     ]
 
 
-def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: str) -> float:
+def graph_rows(
+    args, seg, prepared, classes, flops: float, report: dict, host: str
+) -> tuple[float, int | None]:
     """Model-only rows with the forwards replayed as CUDA graphs, and how their results
     compare with the forwards run one kernel at a time (the same kernels on the same inputs:
-    equal labels are expected). Returns the best of those rows' images/s."""
+    equal labels are expected). Returns the best of those rows' images/s and its window
+    batch (None: the Segmenter's own)."""
     per_call = max(args.batches)
     eager = all_results(seg, prepared, classes, per_call)
     with_graphs(seg)
@@ -791,7 +814,7 @@ def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: s
             f"{100 * same / pixels:.4f}% of pixels; class statistics differ by at most {stats:.3g}",
             flush=True,
         )
-        best = 0.0
+        best: tuple[float, int | None] = (0.0, None)
         for windows in [None, *args.windows]:
             keep = seg.windows_per_forward
             if windows is not None:  # recorded anew, within the limit of recordings
@@ -801,7 +824,8 @@ def graph_rows(args, seg, prepared, classes, flops: float, report: dict, host: s
                     all_results(seg, prepared, classes, per_call)
             r = model_only(seg, prepared, classes, per_call)
             seg.windows_per_forward = keep
-            best = max(best, r["images_per_s"])
+            if r["images_per_s"] > best[0]:
+                best = (r["images_per_s"], windows)
             what = f"model only, {per_call}/call, CUDA graphs"
             what += f", {windows} windows/forward" if windows is not None else ""
             what += f" ({seg.graphs.recorded} recorded)"
