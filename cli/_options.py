@@ -260,6 +260,7 @@ class ModelChoice:
         HOSTS.get(values["host"]).check_choice(values["proxy"], values["proxy_checkpoint"])
         if values["checkpoint"] is not None:
             check_weights_file(values["checkpoint"], "--checkpoint")
+        check_device_flags(values["device"], values["precision"])
         return cls(**values)
 
     def label(self) -> str:
@@ -348,6 +349,7 @@ def load_engine(
         )
     from ._console import err
 
+    check_device_flags(device or flags["device"], flags["precision"])
     if show:
         err.print(f"loading {engine} ...")
     return ENGINES.get(engine).load(
@@ -388,6 +390,14 @@ def load_segmenter(
         precision=choice.precision,
         cuda_graphs=cuda_graphs,
     )
+
+
+def check_device_flags(device: str, precision: str) -> None:
+    """An unknown or absent device, or an unknown precision, fails here: before the loading
+    line, not after it."""
+    from fbseg.pipeline.device import resolve_device, resolve_precision
+
+    resolve_precision(precision, resolve_device(device))
 
 
 def precision_tip(precision: str, device: str) -> str:

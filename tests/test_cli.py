@@ -159,6 +159,21 @@ def test_usage_errors(tmp_path, fast, args, code, text):
     assert text in r.stderr and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("engine", ["clip", "sam3"])
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_a_bad_device_or_precision_fails_before_the_loading_line(tmp_path, engine, args, text):
+    photo = str(ASSETS / "cat.jpg")
+    r = run(["segment", photo, "-c", "cat", "--engine", engine, "-o", str(tmp_path), *args])
+    assert r.exit_code == 2 and text in r.stderr
+    assert "loading" not in r.stderr and "Traceback" not in r.output
+
+
 @pytest.mark.parametrize("command", ["segment", "explain"])
 @pytest.mark.parametrize(
     "args,code,text",
