@@ -10,6 +10,7 @@ Every configuration runs in its own subprocess (peak RSS of that process). Witho
 written to a temporary folder: the timings are real, the masks meaningless.
 
     python benchmarks/bench_pipeline.py [--sections e2e folder] [--folder-images 50] [--json out.json]
+    python benchmarks/bench_pipeline.py --sections e2e --precision bf16   # a CPU with AMX
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _segmenter(args, host: str, feedback: bool, reference: bool, cache: Path | N
         proxy_checkpoint=args.proxy_checkpoint,
         feedback=feedback,
         device=args.device,
+        precision=args.precision,
         text_cache=cache is not None,
     )
     if reference:
@@ -138,6 +140,8 @@ def _child(mode: str, args, extra: list[str]) -> dict:
         args.proxy_checkpoint,
         "--device",
         args.device,
+        "--precision",
+        args.precision,
         *extra,
     ]
     p = subprocess.run(
@@ -198,6 +202,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--proxy-checkpoint", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto", help="of the backbones (bf16: AMX CPUs)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--group", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -228,10 +233,10 @@ def compare(args: argparse.Namespace, work: Path) -> None:
     if random:
         args.checkpoint, args.proxy_checkpoint = random_weights(work)
     print(
-        f"device {args.device}; {'RANDOM weights (timing only)' if random else 'weights ' + args.checkpoint}; "
+        f"device {args.device}, precision {args.precision}; {'RANDOM weights (timing only)' if random else 'weights ' + args.checkpoint}; "
         f"classes: VOC21's 21 classes / 46 names; image {Path(args.image).name}"
     )
-    report: dict = {"device": args.device, "random_weights": random}
+    report: dict = {"device": args.device, "precision": args.precision, "random_weights": random}
     cache = work / "cache"
     if "e2e" in args.sections:
         rows = []

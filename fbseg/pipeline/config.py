@@ -26,9 +26,10 @@ IO_THREADS = {"cpu": 1, "cuda": 4}
 # 99.83–99.97% of the pixels, and on all of those where fp32's top two classes differ by more
 # than 0.01 (benchmarks/bench_precision.py). A CPU stays in fp32, the reference's precision,
 # even one with bf16 matrix units (Intel AMX), where `--precision bf16` segmented
-# assets/cat.jpg about 3× faster (2 cores, VOC21's names: ProxyCLIP 1.92 against 5.80 s,
-# NACLIP 0.36 against 1.01 s) but its labels differed from fp32's on 0.17–0.74% of the pixels
-# (none with a margin): the CLI says so on such a CPU instead (``BF16_SPEED_UP``).
+# assets/cat.jpg about 3× faster (2 cores, VOC21's names, with FSA: ProxyCLIP 2.08 against
+# 6.27 s, NACLIP 0.37 against 0.96 s; benchmarks/bench_pipeline.py --precision) but its labels
+# differed from fp32's on 0.17–0.74% of the pixels (none with a margin): the CLI says so on
+# such a CPU instead (``BF16_SPEED_UP``).
 AUTO_PRECISION = {"cuda": "fp16", "cpu": "fp32"}
 BF16_SPEED_UP = 3
 # Whether a folder run's writers are processes rather than threads, by device type. Beside a GPU
